@@ -94,6 +94,15 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
     ranges
 }
 
+// The fixed regions must not overlap; checked when the crate compiles.
+const _: () = {
+    assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    assert!(ACPI_START + ACPI_SIZE <= HIMEM_START);
+    assert!(PML4_START + 6 * 0x1000 <= CMDLINE_START);
+    assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);
+};
+
 /// First guest physical address above RAM (where the 64-bit PCI window can start).
 pub fn ram_end(size: u64) -> u64 {
     ram_ranges(size)
@@ -122,8 +131,20 @@ mod tests {
     fn large_ram_jumps_the_hole() {
         let r = ram_ranges(4 << 30);
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0], RamRange { start: 0, len: 3 << 30 });
-        assert_eq!(r[1], RamRange { start: 4 << 30, len: 1 << 30 });
+        assert_eq!(
+            r[0],
+            RamRange {
+                start: 0,
+                len: 3 << 30
+            }
+        );
+        assert_eq!(
+            r[1],
+            RamRange {
+                start: 4 << 30,
+                len: 1 << 30
+            }
+        );
         assert_eq!(ram_end(4 << 30), 5 << 30);
     }
 
@@ -132,11 +153,4 @@ mod tests {
         assert_eq!(ram_ranges(3 << 30).len(), 1);
     }
 
-    #[test]
-    fn fixed_regions_do_not_overlap() {
-        assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-        assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
-        assert!(ACPI_START + ACPI_SIZE <= HIMEM_START);
-        assert!(PML4_START + 6 * 0x1000 <= CMDLINE_START);
-    }
 }

@@ -1,0 +1,587 @@
+//! The command line: parsed into a typed [`VmConfig`], every rejection a one-line message
+//! that names the problem and the fix.
+
+use resources::layout::DEBUG_EXIT_PORT;
+use std::path::PathBuf;
+
+/// Usage text for `--help`.
+pub const HELP: &str = "\
+vmm: a minimal KVM virtual machine monitor for PCI passthrough with VFIO
+
+Usage: vmm --kernel PATH [OPTIONS]
+
+Options:
+  --kernel PATH          Linux bzImage, or ELF vmlinux (PVH entry used when present)
+  --initramfs PATH       initramfs (cpio, optionally compressed) loaded for the kernel
+  --cmdline STR          kernel command line [default: console=ttyS0]
+  --memory SIZE          guest RAM: bytes or with K, M, G, T suffix [default: 512M]
+  --cpus N               number of vCPUs, 1-254 [default: 1]
+  --device SPEC          pass a host device through (repeatable):
+                           vfio-pci,host=[DOMAIN:]BUS:SLOT.FN[,id=NAME]
+                           vfio-pci,sysfsdev=/sys/bus/pci/devices/...[,id=NAME]
+                         sysfsdev wins when both are given
+  --debug-exit[=PORT]    a guest write of byte V to PORT [default: 0xf4] ends vmm with
+                         status (V << 1) | 1 (QEMU's isa-debug-exit convention)
+  --timeout SECS         stop a guest still running after SECS seconds (status 124)
+  -h, --help             print this help
+  -V, --version          print the version
+
+Exit status: 0 guest powered off or rebooted; 1 vmm error; 2 guest crashed (triple fault,
+KVM internal error; registers on stderr); 124 --timeout expired; (V << 1) | 1 debug exit.
+
+Examples:
+  vmm --kernel bzImage --initramfs initrd.cpio.gz --memory 1G --cpus 2
+  vmm --kernel bzImage --initramfs initrd.cpio.gz --cmdline \"console=ttyS0 quiet\" \\
+      --memory 1G --cpus 2 --device vfio-pci,host=0000:01:00.0
+  vmm --kernel test-kernel.elf --debug-exit --timeout 60
+";
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default kernel command line.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// Most vCPUs: APIC IDs 0..=253 leave 254 for the IOAPIC (255 is broadcast).
+pub const MAX_CPUS: u8 = 254;
+
+/// A parse or validation error: its text is the whole message the user sees.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Error(String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, Error> {
+    Err(Error(msg.into()))
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print help.
+    Help,
+    /// Print the version.
+    Version,
+    /// Run a guest.
+    Run(VmConfig),
+}
+
+/// A PCI address `domain:bus:slot.function`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciBdf {
+    /// PCI domain (segment).
+    pub domain: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device (slot) number, 0-31.
+    pub slot: u8,
+    /// Function number, 0-7.
+    pub function: u8,
+}
+
+impl std::fmt::Display for PciBdf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{}",
+            self.domain, self.bus, self.slot, self.function
+        )
+    }
+}
+
+impl std::str::FromStr for PciBdf {
+    type Err = Error;
+
+    /// `[domain:]bus:slot.function`: hex domain, bus and slot, decimal function.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |why: &str| {
+            Error(format!(
+                "bad PCI address '{s}': {why}; write [DOMAIN:]BUS:SLOT.FUNCTION, e.g. 0000:01:00.0"
+            ))
+        };
+        let Some((rest, function)) = s.rsplit_once('.') else {
+            return Err(bad("no '.FUNCTION'"));
+        };
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (domain, bus, slot) = match parts[..] {
+            [bus, slot] => ("0", bus, slot),
+            [domain, bus, slot] => (domain, bus, slot),
+            _ => return Err(bad("expected one or two ':'")),
+        };
+        let hex = |field: &str, digits: usize, max: u32, name: &str| -> Result<u32, Error> {
+            match u32::from_str_radix(field, 16) {
+                Ok(v) if !field.is_empty() && field.len() <= digits && v <= max => Ok(v),
+                _ => Err(bad(&format!("{name} '{field}' is not hex 0-{max:#x}"))),
+            }
+        };
+        let domain = hex(domain, 4, 0xffff, "domain")? as u16;
+        let bus = hex(bus, 2, 0xff, "bus")? as u8;
+        let slot = hex(slot, 2, 0x1f, "slot")? as u8;
+        let function = match function.parse::<u8>() {
+            Ok(f) if f <= 7 && function.len() == 1 => f,
+            _ => return Err(bad(&format!("function '{function}' is not 0-7"))),
+        };
+        Ok(PciBdf {
+            domain,
+            bus,
+            slot,
+            function,
+        })
+    }
+}
+
+/// Where a passed-through device is found on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceSource {
+    /// By PCI address; its sysfs path is `/sys/bus/pci/devices/<bdf>`.
+    Host(PciBdf),
+    /// By sysfs path (PCI device or mdev).
+    Sysfs(PathBuf),
+}
+
+/// One `--device vfio-pci,...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// The host device.
+    pub source: DeviceSource,
+    /// Optional name for messages.
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DeviceConfig {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self, Error> {
+        let mut fields = spec.split(',');
+        match fields.next() {
+            Some("vfio-pci") => {}
+            Some(other) => {
+                return err(format!(
+                    "unknown device type '{other}' in --device '{spec}'; \
+                     the supported type is vfio-pci"
+                ))
+            }
+            None => unreachable!("split yields at least one field"),
+        }
+        let (mut host, mut sysfs, mut id) = (None, None, None);
+        for field in fields {
+            let Some((key, value)) = field.split_once('=') else {
+                return err(format!(
+                    "'{field}' in --device '{spec}' is not KEY=VALUE; keys: host, sysfsdev, id"
+                ));
+            };
+            if value.is_empty() {
+                return err(format!("empty value for '{key}' in --device '{spec}'"));
+            }
+            let slot = match key {
+                "host" => &mut host,
+                "sysfsdev" => &mut sysfs,
+                "id" => &mut id,
+                _ => {
+                    return err(format!(
+                        "unknown key '{key}' in --device '{spec}'; keys: host, sysfsdev, id"
+                    ))
+                }
+            };
+            if slot.replace(value).is_some() {
+                return err(format!("'{key}' given twice in --device '{spec}'"));
+            }
+        }
+        let source = match (sysfs, host) {
+            (Some(path), _) => DeviceSource::Sysfs(PathBuf::from(path)),
+            (None, Some(bdf)) => DeviceSource::Host(bdf.parse()?),
+            (None, None) => {
+                return err(format!(
+                    "--device '{spec}' names no device; add host=BUS:SLOT.FN or sysfsdev=PATH"
+                ))
+            }
+        };
+        Ok(DeviceConfig {
+            source,
+            id: id.map(str::to_owned),
+        })
+    }
+}
+
+/// Everything needed to build and run a guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Optional initramfs.
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// vCPU count.
+    pub cpus: u8,
+    /// Passed-through devices, in guest slot order.
+    pub devices: Vec<DeviceConfig>,
+    /// Debug-exit port, when enabled.
+    pub debug_exit: Option<u16>,
+    /// Stop the guest after this many seconds.
+    pub timeout: Option<u64>,
+}
+
+/// Parses a size: plain bytes or a number with K, M, G or T (binary units; "MiB", "MB"
+/// and "m" are accepted too).
+pub fn parse_size(s: &str) -> Result<u64, Error> {
+    let bad = || {
+        err(format!(
+            "bad size '{s}'; write bytes or a number with K, M, G or T, e.g. 512M or 2G"
+        ))
+    };
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let Ok(num) = num.parse::<u64>() else {
+        return bad();
+    };
+    let shift = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return bad(),
+    };
+    num.checked_mul(1 << shift).map_or_else(bad, Ok)
+}
+
+fn parse_number<T: std::str::FromStr>(s: &str) -> Option<T> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok()?.to_string().parse().ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl Command {
+    /// Parses the arguments after the program name.
+    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Error> {
+        let mut args = args.into_iter();
+        let mut kernel = None;
+        let mut cfg = VmConfig {
+            kernel: PathBuf::new(),
+            initramfs: None,
+            cmdline: DEFAULT_CMDLINE.to_owned(),
+            memory: DEFAULT_MEMORY,
+            cpus: 1,
+            devices: Vec::new(),
+            debug_exit: None,
+            timeout: None,
+        };
+        while let Some(arg) = args.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |what: &str| -> Result<String, Error> {
+                match inline.clone().or_else(|| args.next()) {
+                    Some(v) => Ok(v),
+                    None => err(format!("{name} needs a value: {name} {what}")),
+                }
+            };
+            match name.as_str() {
+                "-h" | "--help" => return Ok(Command::Help),
+                "-V" | "--version" => return Ok(Command::Version),
+                "--kernel" => kernel = Some(PathBuf::from(value("PATH")?)),
+                "--initramfs" => cfg.initramfs = Some(PathBuf::from(value("PATH")?)),
+                "--cmdline" => cfg.cmdline = value("STRING")?,
+                "--memory" => cfg.memory = parse_size(&value("SIZE")?)?,
+                "--cpus" => {
+                    let v = value("N")?;
+                    cfg.cpus = match v.parse::<u8>() {
+                        Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+                        _ => return err(format!("--cpus {v}: give a number from 1 to {MAX_CPUS}")),
+                    };
+                }
+                "--device" => cfg
+                    .devices
+                    .push(value("vfio-pci,host=BUS:SLOT.FN")?.parse()?),
+                "--debug-exit" => cfg.debug_exit = Some(match inline {
+                    Some(v) => match parse_number::<u16>(&v) {
+                        Some(port) => port,
+                        None => return err(format!(
+                            "--debug-exit={v}: give an I/O port 0-0xffff, e.g. --debug-exit=0xf4"
+                        )),
+                    },
+                    None => DEBUG_EXIT_PORT,
+                }),
+                "--timeout" => {
+                    let v = value("SECS")?;
+                    cfg.timeout = match v.parse::<u64>() {
+                        Ok(s) if s > 0 => Some(s),
+                        _ => {
+                            return err(format!(
+                                "--timeout {v}: give a whole number of seconds > 0"
+                            ))
+                        }
+                    };
+                }
+                _ if name.starts_with('-') => {
+                    return err(format!(
+                        "unknown option '{name}'; run 'vmm --help' for the options"
+                    ))
+                }
+                _ => {
+                    return err(format!(
+                        "unexpected argument '{arg}'; options start with --, see 'vmm --help'"
+                    ))
+                }
+            }
+        }
+        cfg.kernel = match kernel {
+            Some(k) => k,
+            None => return err("no kernel given; add --kernel PATH (see 'vmm --help')"),
+        };
+        if cfg.memory == 0 || !cfg.memory.is_multiple_of(4096) {
+            return err(format!(
+                "--memory {} is not a positive multiple of 4 KiB; use e.g. 512M",
+                cfg.memory
+            ));
+        }
+        Ok(Command::Run(cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, Error> {
+        Command::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    fn run(args: &[&str]) -> VmConfig {
+        match parse(args) {
+            Ok(Command::Run(cfg)) => cfg,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn rejects(args: &[&str], needle: &str) {
+        let e = parse(args).expect_err("should be rejected").to_string();
+        assert!(e.contains(needle), "{args:?}: '{e}' lacks '{needle}'");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = run(&["--kernel", "bz"]);
+        assert_eq!(cfg.kernel, PathBuf::from("bz"));
+        assert_eq!(cfg.memory, 512 << 20);
+        assert_eq!(cfg.cpus, 1);
+        assert_eq!(cfg.cmdline, "console=ttyS0");
+        assert_eq!(
+            (cfg.debug_exit, cfg.timeout, cfg.initramfs),
+            (None, None, None)
+        );
+        assert!(cfg.devices.is_empty());
+    }
+
+    #[test]
+    fn all_options_both_forms() {
+        let cfg = run(&[
+            "--kernel=bz",
+            "--initramfs",
+            "rd",
+            "--cmdline=console=ttyS0 quiet",
+            "--memory",
+            "2G",
+            "--cpus=4",
+            "--debug-exit",
+            "--timeout",
+            "30",
+            "--device",
+            "vfio-pci,host=01:00.0",
+        ]);
+        assert_eq!(cfg.initramfs, Some(PathBuf::from("rd")));
+        assert_eq!(cfg.cmdline, "console=ttyS0 quiet");
+        assert_eq!((cfg.memory, cfg.cpus), (2 << 30, 4));
+        assert_eq!((cfg.debug_exit, cfg.timeout), (Some(0xf4), Some(30)));
+        assert_eq!(cfg.devices.len(), 1);
+        assert_eq!(
+            run(&["--kernel", "k", "--debug-exit=0x501"]).debug_exit,
+            Some(0x501)
+        );
+        assert_eq!(
+            run(&["--kernel", "k", "--debug-exit=80"]).debug_exit,
+            Some(80)
+        );
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(&["--help"]), Ok(Command::Help));
+        assert_eq!(parse(&["--kernel", "k", "-h"]), Ok(Command::Help));
+        assert_eq!(parse(&["-V"]), Ok(Command::Version));
+        for opt in [
+            "--kernel",
+            "--initramfs",
+            "--cmdline",
+            "--memory",
+            "--cpus",
+            "--device",
+            "--debug-exit",
+            "--timeout",
+        ] {
+            assert!(HELP.contains(opt), "help documents {opt}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("16K"), Ok(16 << 10));
+        for bad in [
+            "",
+            "M",
+            "1.5G",
+            "-1G",
+            "12X",
+            "99999999999999999999",
+            "20000000T",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rejections() {
+        rejects(&[], "no kernel given");
+        rejects(
+            &["--kernel", "k", "--frobnicate"],
+            "unknown option '--frobnicate'",
+        );
+        rejects(&["--kernel"], "--kernel needs a value");
+        rejects(&["--kernel", "k", "stray"], "unexpected argument 'stray'");
+        rejects(
+            &["--kernel", "k", "--cpus", "0"],
+            "--cpus 0: give a number from 1 to 254",
+        );
+        rejects(&["--kernel", "k", "--cpus", "255"], "from 1 to 254");
+        rejects(&["--kernel", "k", "--cpus", "two"], "--cpus two");
+        rejects(&["--kernel", "k", "--memory", "lots"], "bad size 'lots'");
+        rejects(
+            &["--kernel", "k", "--memory", "0"],
+            "not a positive multiple of 4 KiB",
+        );
+        rejects(&["--kernel", "k", "--memory", "1000"], "multiple of 4 KiB");
+        rejects(&["--kernel", "k", "--timeout", "0"], "--timeout 0");
+        rejects(&["--kernel", "k", "--timeout", "soon"], "seconds");
+        rejects(&["--kernel", "k", "--debug-exit=0x10000"], "I/O port");
+    }
+
+    #[test]
+    fn bdf_forms() {
+        let b: PciBdf = "0000:01:00.0".parse().unwrap();
+        assert_eq!(
+            b,
+            PciBdf {
+                domain: 0,
+                bus: 1,
+                slot: 0,
+                function: 0
+            }
+        );
+        let b: PciBdf = "00:03.0".parse().unwrap();
+        assert_eq!(
+            b,
+            PciBdf {
+                domain: 0,
+                bus: 0,
+                slot: 3,
+                function: 0
+            }
+        );
+        let b: PciBdf = "ffff:ff:1f.7".parse().unwrap();
+        assert_eq!(
+            b,
+            PciBdf {
+                domain: 0xffff,
+                bus: 0xff,
+                slot: 0x1f,
+                function: 7
+            }
+        );
+        assert_eq!(b.to_string(), "ffff:ff:1f.7");
+        assert_eq!(
+            "0:a:1.2".parse::<PciBdf>().unwrap().to_string(),
+            "0000:0a:01.2"
+        );
+    }
+
+    #[test]
+    fn bdf_rejections() {
+        for (bad, why) in [
+            ("01:00", "no '.FUNCTION'"),
+            ("01.0", "one or two ':'"),
+            ("0:0:0:0.0", "one or two ':'"),
+            ("10000:00:00.0", "domain '10000'"),
+            ("00:100:00.0", "bus '100'"),
+            ("00:20.0", "slot '20'"),
+            ("00:1g.0", "slot '1g'"),
+            ("00:00.8", "function '8'"),
+            ("00:00.a", "function 'a'"),
+            ("00:00.", "function ''"),
+            (":00.0", "bus ''"),
+        ] {
+            let e = bad.parse::<PciBdf>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains("e.g. 0000:01:00.0"), "{e}");
+        }
+    }
+
+    #[test]
+    fn device_specs() {
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,id=edu".parse().unwrap();
+        assert_eq!(
+            d.source,
+            DeviceSource::Host("0000:00:03.0".parse().unwrap())
+        );
+        assert_eq!(d.id.as_deref(), Some("edu"));
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,sysfsdev=/sys/bus/pci/devices/0000:00:04.0"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d.source,
+            DeviceSource::Sysfs("/sys/bus/pci/devices/0000:00:04.0".into()),
+            "sysfsdev wins"
+        );
+        // sysfsdev wins even over a malformed host=.
+        let d: DeviceConfig = "vfio-pci,sysfsdev=/sys/bus/mdev/devices/u,host=zz"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d.source,
+            DeviceSource::Sysfs("/sys/bus/mdev/devices/u".into())
+        );
+    }
+
+    #[test]
+    fn device_spec_rejections() {
+        for (bad, why) in [
+            (
+                "virtio-net,host=00:03.0",
+                "unknown device type 'virtio-net'",
+            ),
+            ("vfio-pci", "names no device"),
+            ("vfio-pci,id=x", "names no device"),
+            ("vfio-pci,host", "not KEY=VALUE"),
+            ("vfio-pci,host=", "empty value for 'host'"),
+            ("vfio-pci,bdf=00:03.0", "unknown key 'bdf'"),
+            ("vfio-pci,host=00:03.0,host=00:04.0", "'host' given twice"),
+            ("vfio-pci,host=00:03", "bad PCI address"),
+        ] {
+            let e = bad.parse::<DeviceConfig>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

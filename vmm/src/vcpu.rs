@@ -1,0 +1,201 @@
+//! A vCPU on its own named thread: run, route each exit to the PIO or MMIO bus, stop on
+//! the first exit reason. [`handle_exit`] is a plain function so it can be tested alone.
+
+use devices::{Bus, ExitReason, GuestExit};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// KVM_SYSTEM_EVENT_SHUTDOWN.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+/// KVM_SYSTEM_EVENT_RESET.
+const SYSTEM_EVENT_RESET: u32 = 2;
+
+/// What the vCPU loop does after an exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run the vCPU again.
+    Continue,
+    /// The guest asked to stop.
+    Stop(ExitReason),
+    /// The guest crashed; the text says how (registers are added by the caller).
+    Crash(String),
+}
+
+/// Routes one exit. Reads nobody answers return all ones, as on real hardware.
+pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+        }
+        VcpuExit::Shutdown => return Action::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()),
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Action::Crash(format!(
+                "KVM entry failed: hardware reason {reason:#x} on host CPU {cpu}"
+            ))
+        }
+        VcpuExit::InternalError => return Action::Crash("KVM internal error".into()),
+        VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _) => {
+            return Action::Stop(ExitReason::Poweroff)
+        }
+        VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _) => return Action::Stop(ExitReason::Reset),
+        VcpuExit::SystemEvent(kind, _) => return Action::Crash(format!("KVM system event {kind}")),
+        // With the in-kernel irqchip, HLT is handled by KVM; anything else is harmless to
+        // resume from.
+        other => log::debug!("vcpu: ignored exit {other:?}"),
+    }
+    Action::Continue
+}
+
+/// One vCPU and what it routes to.
+pub struct Vcpu {
+    /// The KVM vCPU.
+    pub fd: VcpuFd,
+    /// Index (= APIC ID).
+    pub index: u8,
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Where to report why the guest stopped.
+    pub exit: Arc<GuestExit>,
+}
+
+impl Vcpu {
+    /// Starts the vCPU on a thread named `vcpuN`.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        loop {
+            let action = match self.fd.run() {
+                Ok(exit) => handle_exit(exit, &self.pio, &self.mmio),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) => Action::Crash(format!("KVM_RUN failed: {e}")),
+            };
+            match action {
+                Action::Continue => {}
+                Action::Stop(reason) => return self.exit.request(reason),
+                Action::Crash(what) => {
+                    let regs = registers(&self.fd);
+                    let msg = format!("guest crashed on vcpu{}: {what}\n{regs}", self.index);
+                    return self.exit.request(ExitReason::Crash(msg));
+                }
+            }
+        }
+    }
+}
+
+/// The vCPU's registers, for a crash report.
+pub fn registers(fd: &VcpuFd) -> String {
+    let (Ok(r), Ok(s)) = (fd.get_regs(), fd.get_sregs()) else {
+        return "  (registers unavailable)".into();
+    };
+    format!(
+        "  rip={:#018x} rsp={:#018x} rflags={:#010x}\n  \
+         rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n  \
+         rsi={:#018x} rdi={:#018x} rbp={:#018x}\n  \
+         cr0={:#010x} cr2={:#018x} cr3={:#018x} cr4={:#010x} efer={:#x}\n  \
+         cs={:#06x} base={:#x} l={} db={}",
+        r.rip,
+        r.rsp,
+        r.rflags,
+        r.rax,
+        r.rbx,
+        r.rcx,
+        r.rdx,
+        r.rsi,
+        r.rdi,
+        r.rbp,
+        s.cr0,
+        s.cr2,
+        s.cr3,
+        s.cr4,
+        s.efer,
+        s.cs.selector,
+        s.cs.base,
+        s.cs.l,
+        s.cs.db
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::BusDevice;
+    use std::sync::Mutex;
+
+    struct Answer(u8);
+
+    impl BusDevice for Answer {
+        fn read(&mut self, _offset: u64, data: &mut [u8]) {
+            data.fill(self.0);
+        }
+        fn write(&mut self, _offset: u64, data: &[u8]) {
+            self.0 = data[0];
+        }
+    }
+
+    #[test]
+    fn io_is_routed_and_unclaimed_reads_float_high() {
+        let pio = Bus::new();
+        let mmio = Bus::new();
+        pio.insert(Arc::new(Mutex::new(Answer(7))), 0x70, 2)
+            .unwrap();
+        let mut data = [0u8; 2];
+        assert_eq!(
+            handle_exit(VcpuExit::IoIn(0x71, &mut data), &pio, &mmio),
+            Action::Continue
+        );
+        assert_eq!(data, [7, 7]);
+        handle_exit(VcpuExit::IoOut(0x70, &[9]), &pio, &mmio);
+        handle_exit(VcpuExit::IoIn(0x70, &mut data), &pio, &mmio);
+        assert_eq!(data, [9, 9]);
+        handle_exit(VcpuExit::IoIn(0x80, &mut data), &pio, &mmio);
+        assert_eq!(data, [0xff, 0xff]);
+        let mut word = [0u8; 4];
+        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut word), &pio, &mmio);
+        assert_eq!(word, [0xff; 4]);
+    }
+
+    #[test]
+    fn shutdown_is_a_crash_and_system_events_stop() {
+        let bus = Bus::new();
+        assert!(matches!(
+            handle_exit(VcpuExit::Shutdown, &bus, &bus),
+            Action::Crash(m) if m.contains("triple fault")
+        ));
+        assert_eq!(
+            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]), &bus, &bus),
+            Action::Stop(ExitReason::Reset)
+        );
+        assert_eq!(
+            handle_exit(
+                VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]),
+                &bus,
+                &bus
+            ),
+            Action::Stop(ExitReason::Poweroff)
+        );
+        assert!(matches!(
+            handle_exit(VcpuExit::InternalError, &bus, &bus),
+            Action::Crash(_)
+        ));
+    }
+}
