@@ -299,15 +299,19 @@ impl Command {
                 "--device" => cfg
                     .devices
                     .push(value("vfio-pci,host=BUS:SLOT.FN")?.parse()?),
-                "--debug-exit" => cfg.debug_exit = Some(match inline {
-                    Some(v) => match parse_number::<u16>(&v) {
-                        Some(port) => port,
-                        None => return err(format!(
+                "--debug-exit" => {
+                    cfg.debug_exit = Some(match inline {
+                        Some(v) => match parse_number::<u16>(&v) {
+                            Some(port) => port,
+                            None => {
+                                return err(format!(
                             "--debug-exit={v}: give an I/O port 0-0xffff, e.g. --debug-exit=0xf4"
-                        )),
-                    },
-                    None => DEBUG_EXIT_PORT,
-                }),
+                        ))
+                            }
+                        },
+                        None => DEBUG_EXIT_PORT,
+                    })
+                }
                 "--timeout" => {
                     let v = value("SECS")?;
                     cfg.timeout = match v.parse::<u64>() {

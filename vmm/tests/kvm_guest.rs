@@ -1,0 +1,257 @@
+//! End-to-end tests of the `vmm` binary on this host's /dev/kvm with tiny guest programs
+//! assembled here: 64-bit code in a minimal ELF, entered in long mode like a vmlinux.
+//!
+//! These need /dev/kvm. They fail (never skip) when it is missing.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+const LOAD_ADDR: u64 = 0x10_0000;
+
+/// A minimal ELF64 executable: one PT_LOAD segment at 1 MiB holding the headers and `code`,
+/// entry right after the headers.
+fn elf(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let total = (EHDR + PHDR + code.len()) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01");
+    f.resize(16, 0);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&(LOAD_ADDR + (EHDR + PHDR) as u64).to_le_bytes()); // entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for v in [EHDR as u16, PHDR as u16, 1, 0, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    for v in [0, LOAD_ADDR, LOAD_ADDR, total, total, 0x1000] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(code);
+    f
+}
+
+/// `mov dx, port`
+fn mov_dx(port: u16) -> Vec<u8> {
+    let mut v = vec![0x66, 0xba];
+    v.extend_from_slice(&port.to_le_bytes());
+    v
+}
+
+/// `mov al, byte; out dx, al` for each byte.
+fn out_bytes(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().flat_map(|&b| [0xb0, b, 0xee]).collect()
+}
+
+/// Writes `msg` to COM1 without waiting for THRE (the emulated UART never fills).
+fn print(msg: &[u8]) -> Vec<u8> {
+    [mov_dx(0x3f8), out_bytes(msg)].concat()
+}
+
+/// `mov al, value; out imm8, al`
+fn out_imm(port: u8, value: u8) -> Vec<u8> {
+    vec![0xb0, value, 0xe6, port]
+}
+
+const HLT_LOOP: [u8; 3] = [0xf4, 0xeb, 0xfd];
+const SPIN: [u8; 2] = [0xeb, 0xfe];
+const UD2: [u8; 2] = [0x0f, 0x0b];
+
+struct Guest {
+    path: PathBuf,
+}
+
+impl Guest {
+    fn new(name: &str, code: &[u8]) -> Guest {
+        let dir = std::env::temp_dir().join(format!("vmm-kvm-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.elf"));
+        std::fs::write(&path, elf(code)).unwrap();
+        Guest { path }
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        assert!(
+            std::path::Path::new("/dev/kvm").exists(),
+            "these tests need /dev/kvm on the host running them"
+        );
+        Command::new(VMM)
+            .arg("--kernel")
+            .arg(&self.path)
+            .args(["--memory", "16M"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run vmm")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn serial_output_reaches_stdout_and_debug_exit_sets_status() {
+    let code = [
+        print(b"hello from the guest\n"),
+        out_imm(0xf4, 0x10),
+        HLT_LOOP.to_vec(),
+    ]
+    .concat();
+    let out = Guest::new("hello", &code).run(&["--debug-exit", "--timeout", "20"]);
+    assert_eq!(text(&out.stdout), "hello from the guest\n");
+    assert_eq!(
+        out.status.code(),
+        Some((0x10 << 1) | 1),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn debug_exit_on_another_port_and_zero_value() {
+    let code = [mov_dx(0x501), out_bytes(&[0]), HLT_LOOP.to_vec()].concat();
+    let out = Guest::new("port501", &code).run(&["--debug-exit=0x501", "--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn debug_exit_port_is_off_unless_asked() {
+    // Without --debug-exit the write to 0xf4 goes nowhere and the guest runs on.
+    let code = [out_imm(0xf4, 0x10), SPIN.to_vec()].concat();
+    let out = Guest::new("noexit", &code).run(&["--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(124));
+}
+
+#[test]
+fn acpi_poweroff_and_reset_registers_end_with_status_0() {
+    for (name, value) in [("s5", 0x34u8), ("reset", 1)] {
+        let code = [mov_dx(0x600), out_bytes(&[value]), SPIN.to_vec()].concat();
+        let out = Guest::new(name, &code).run(&["--timeout", "20"]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn i8042_reset_ends_with_status_0() {
+    let code = [out_imm(0x64, 0xfe), SPIN.to_vec()].concat();
+    let out = Guest::new("kbdreset", &code).run(&["--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn triple_fault_is_a_crash_with_registers() {
+    // An empty IDT turns #UD into a triple fault.
+    let code = [print(b"about to fault\n"), UD2.to_vec()].concat();
+    let out = Guest::new("ud2", &code).run(&["--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("triple fault"), "{err}");
+    let entry = LOAD_ADDR + 120 + print(b"about to fault\n").len() as u64;
+    assert!(err.contains(&format!("rip={entry:#018x}")), "{err}");
+    assert!(err.contains("cr0="), "{err}");
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    let start = std::time::Instant::now();
+    let out = Guest::new("spin", &SPIN).run(&["--timeout", "1"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(
+        text(&out.stderr).contains("still running after 1 s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(start.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn two_vcpus_boot_and_exit() {
+    // The BSP runs the program; the AP waits for a SIPI that never comes.
+    let code = [print(b"smp\n"), out_imm(0xf4, 2), HLT_LOOP.to_vec()].concat();
+    let out = Guest::new("smp", &code).run(&["--cpus", "2", "--debug-exit", "--timeout", "20"]);
+    assert_eq!(text(&out.stdout), "smp\n");
+    assert_eq!(out.status.code(), Some(5));
+}
+
+#[test]
+fn memory_above_4g_is_accepted() {
+    let code = [out_imm(0xf4, 3), HLT_LOOP.to_vec()].concat();
+    let guest = Guest::new("big", &code);
+    let out = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "5G", "--debug-exit", "--timeout", "20"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+}
+
+/// Bad input: exactly one line on stderr, status 1, no panic.
+fn rejects(args: &[&str], needle: &str) {
+    let out = Command::new(VMM).args(args).output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    assert!(err.starts_with("vmm: "), "{err}");
+    assert!(err.contains(needle), "{args:?}: '{err}' lacks '{needle}'");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let tiny = Guest::new("tiny", &HLT_LOOP);
+    let tiny = tiny.path.to_str().unwrap();
+    let not_a_kernel =
+        std::env::temp_dir().join(format!("vmm-not-a-kernel-{}", std::process::id()));
+    std::fs::write(&not_a_kernel, b"#!/bin/sh\necho hi\n").unwrap();
+    let not_a_kernel = not_a_kernel.to_str().unwrap();
+    rejects(
+        &["--kernel", "/nonexistent/bzImage"],
+        "cannot read kernel '/nonexistent/bzImage'",
+    );
+    rejects(&["--kernel", "/"], "cannot read kernel '/'");
+    rejects(&["--kernel", not_a_kernel], "is not a Linux kernel");
+    rejects(
+        &["--kernel", tiny, "--initramfs", "/nonexistent/rd"],
+        "cannot read initramfs",
+    );
+    rejects(
+        &["--kernel", tiny, "--memory", "1M"],
+        "guest memory is too small",
+    );
+    rejects(
+        &["--kernel", tiny, "--memory", "1000T"],
+        "more than this host's",
+    );
+    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus 0");
+    rejects(&["--kernel", tiny, "--bogus"], "unknown option '--bogus'");
+    rejects(&[], "no kernel given");
+}
+
+#[test]
+fn help_documents_every_option() {
+    let out = Command::new(VMM).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for opt in [
+        "--kernel",
+        "--initramfs",
+        "--cmdline",
+        "--memory",
+        "--cpus",
+        "--device",
+        "--debug-exit",
+        "--timeout",
+        "Examples:",
+    ] {
+        assert!(help.contains(opt), "{opt}");
+    }
+}
