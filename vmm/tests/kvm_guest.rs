@@ -10,31 +10,55 @@ const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 const LOAD_ADDR: u64 = 0x10_0000;
 
 /// A minimal ELF64 executable: one PT_LOAD segment at 1 MiB holding the headers and `code`,
-/// entry right after the headers.
-fn elf(code: &[u8]) -> Vec<u8> {
+/// entry right after the headers; with `pvh`, also a PT_NOTE with the Xen PVH entry note
+/// pointing at the same code (which must then be 32-bit code).
+fn elf_with(code: &[u8], pvh: bool) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let total = (EHDR + PHDR + code.len()) as u64;
+    const NOTE: usize = 20;
+    let phnum = if pvh { 2 } else { 1 };
+    let note_off = EHDR + PHDR * phnum;
+    let code_off = note_off + if pvh { NOTE } else { 0 };
+    let entry = LOAD_ADDR + code_off as u64;
+    let total = (code_off + code.len()) as u64;
     let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01");
+    let mut put = |f: &mut Vec<u8>, bytes: &[u8]| f.extend_from_slice(bytes);
+    put(&mut f, b"\x7fELF\x02\x01\x01");
     f.resize(16, 0);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&(LOAD_ADDR + (EHDR + PHDR) as u64).to_le_bytes()); // entry
-    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
-    f.extend_from_slice(&0u32.to_le_bytes()); // flags
-    for v in [EHDR as u16, PHDR as u16, 1, 0, 0, 0] {
-        f.extend_from_slice(&v.to_le_bytes());
+    put(&mut f, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, &0x3eu16.to_le_bytes()); // x86_64
+    put(&mut f, &1u32.to_le_bytes());
+    put(&mut f, &entry.to_le_bytes());
+    put(&mut f, &(EHDR as u64).to_le_bytes()); // phoff
+    put(&mut f, &0u64.to_le_bytes()); // shoff
+    put(&mut f, &0u32.to_le_bytes()); // flags
+    for v in [EHDR as u16, PHDR as u16, phnum as u16, 0, 0, 0] {
+        put(&mut f, &v.to_le_bytes());
     }
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    put(&mut f, &1u32.to_le_bytes()); // PT_LOAD
+    put(&mut f, &7u32.to_le_bytes()); // RWX
     for v in [0, LOAD_ADDR, LOAD_ADDR, total, total, 0x1000] {
-        f.extend_from_slice(&v.to_le_bytes());
+        put(&mut f, &v.to_le_bytes());
     }
-    f.extend_from_slice(code);
+    if pvh {
+        put(&mut f, &4u32.to_le_bytes()); // PT_NOTE
+        put(&mut f, &4u32.to_le_bytes());
+        for v in [note_off as u64, 0, 0, NOTE as u64, NOTE as u64, 4] {
+            put(&mut f, &v.to_le_bytes());
+        }
+        // namesz 4, descsz 4, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", entry.
+        for v in [4u32, 4, 18] {
+            put(&mut f, &v.to_le_bytes());
+        }
+        put(&mut f, b"Xen\0");
+        put(&mut f, &(entry as u32).to_le_bytes());
+    }
+    put(&mut f, code);
     f
+}
+
+fn elf(code: &[u8]) -> Vec<u8> {
+    elf_with(code, false)
 }
 
 /// `mov dx, port`
@@ -69,10 +93,14 @@ struct Guest {
 
 impl Guest {
     fn new(name: &str, code: &[u8]) -> Guest {
+        Self::from_image(name, &elf(code))
+    }
+
+    fn from_image(name: &str, image: &[u8]) -> Guest {
         let dir = std::env::temp_dir().join(format!("vmm-kvm-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.elf"));
-        std::fs::write(&path, elf(code)).unwrap();
+        std::fs::write(&path, image).unwrap();
         Guest { path }
     }
 
@@ -116,6 +144,30 @@ fn serial_output_reaches_stdout_and_debug_exit_sets_status() {
 }
 
 #[test]
+fn stdin_reaches_the_guest_uart() {
+    let code = [
+        mov_dx(0x3fd),
+        vec![0xec, 0xa8, 0x01, 0x74, 0xfb], // poll LSR until data ready
+        mov_dx(0x3f8),
+        vec![0xec, 0xe6, 0xf4], // read the byte, write it to the debug-exit port
+        HLT_LOOP.to_vec(),
+    ]
+    .concat();
+    let guest = Guest::new("stdin", &code);
+    let mut child = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "16M", "--debug-exit", "--timeout", "20"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"A").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some((i32::from(b'A') << 1) | 1));
+}
+
+#[test]
 fn debug_exit_on_another_port_and_zero_value() {
     let code = [mov_dx(0x501), out_bytes(&[0]), HLT_LOOP.to_vec()].concat();
     let out = Guest::new("port501", &code).run(&["--debug-exit=0x501", "--timeout", "20"]);
@@ -144,6 +196,26 @@ fn i8042_reset_ends_with_status_0() {
     let code = [out_imm(0x64, 0xfe), SPIN.to_vec()].concat();
     let out = Guest::new("kbdreset", &code).run(&["--timeout", "20"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn pvh_entry_runs_in_32_bit_mode_with_start_info_in_ebx() {
+    let code = [
+        vec![0x81, 0x3b, 0x78, 0xc5, 0x6e, 0x33], // cmp dword [ebx], 0x336ec578 (PVH magic)
+        vec![0x75, 0x04],                         // jne +4
+        out_imm(0xf4, 0x11),                      // magic found
+        out_imm(0xf4, 0x22),                      // magic missing
+        HLT_LOOP.to_vec(),
+    ]
+    .concat();
+    let out =
+        Guest::from_image("pvh", &elf_with(&code, true)).run(&["--debug-exit", "--timeout", "20"]);
+    assert_eq!(
+        out.status.code(),
+        Some((0x11 << 1) | 1),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
