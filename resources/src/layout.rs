@@ -152,5 +152,4 @@ mod tests {
     fn exactly_three_gib_stays_low() {
         assert_eq!(ram_ranges(3 << 30).len(), 1);
     }
-
 }

@@ -22,7 +22,7 @@ fn elf_with(code: &[u8], pvh: bool) -> Vec<u8> {
     let entry = LOAD_ADDR + code_off as u64;
     let total = (code_off + code.len()) as u64;
     let mut f = Vec::new();
-    let mut put = |f: &mut Vec<u8>, bytes: &[u8]| f.extend_from_slice(bytes);
+    let put = |f: &mut Vec<u8>, bytes: &[u8]| f.extend_from_slice(bytes);
     put(&mut f, b"\x7fELF\x02\x01\x01");
     f.resize(16, 0);
     put(&mut f, &2u16.to_le_bytes()); // ET_EXEC
