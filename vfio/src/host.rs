@@ -1,0 +1,449 @@
+//! The host side of VFIO: one container per VM, the groups in it, the devices opened from
+//! them, region I/O and mmap on a device fd, DMA maps, and the locked-memory check.
+//!
+//! Built on vfio-ioctls, with the ioctls it lacks (device flags, a reset that reports its
+//! result) called through vfio-bindings. It must not touch KVM (the VMM hands in the KVM-VFIO
+//! device) nor the guest's view of the device (`VfioPciDevice`).
+//!
+//! vfio-ioctls detaches a whole group from the container when any one `VfioDevice` of it is
+//! dropped, so devices live as long as the VM: [`VfioHost`] keeps them and is dropped last.
+
+use crate::sysfs::{Sysfs, SysfsDevice};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, VFIO_BASE, VFIO_DEVICE_FLAGS_RESET, VFIO_REGION_INFO_FLAG_MMAP,
+    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, VFIO_TYPE,
+};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps, VfioRegionInfoCap};
+use vmm_sys_util::ioctl::ioctl_with_mut_ref;
+use vmm_sys_util::{ioctl::ioctl, ioctl_io_nr};
+
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
+
+/// Host VFIO errors; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sysfs says the device cannot be used (no group, wrong driver, group not viable).
+    #[error(transparent)]
+    Sysfs(#[from] crate::sysfs::Error),
+    /// `/dev/vfio/vfio` is missing.
+    #[error("no /dev/vfio/vfio: the vfio-pci driver is not loaded; run modprobe vfio-pci")]
+    NoVfio,
+    /// The container cannot be opened for another reason.
+    #[error("cannot open /dev/vfio/vfio: {0}; check that VFIO works on this host")]
+    Container(String),
+    /// `/dev/vfio/N` is missing.
+    #[error("no /dev/vfio/{group} for {device}: bind it to vfio-pci (echo vfio-pci > /sys/bus/pci/devices/{device}/driver_override; echo {device} > /sys/bus/pci/drivers_probe)")]
+    NoGroupNode {
+        /// Group number.
+        group: u32,
+        /// Device name.
+        device: String,
+    },
+    /// Permission denied on a VFIO node.
+    #[error("permission denied opening /dev/vfio/{group} for {device}: run vmm as root or give your user the group node (chown $USER /dev/vfio/{group})")]
+    Permission {
+        /// Group number.
+        group: u32,
+        /// Device name.
+        device: String,
+    },
+    /// Another process holds the group or device.
+    #[error("{device} (IOMMU group {group}) is busy: another process (a VMM or a host driver user) holds it; stop that process first")]
+    Busy {
+        /// Group number.
+        group: u32,
+        /// Device name.
+        device: String,
+    },
+    /// Anything else vfio-ioctls reported while opening.
+    #[error("cannot open VFIO device {device}: {reason}")]
+    Open {
+        /// Device name.
+        device: String,
+        /// vfio-ioctls' error text.
+        reason: String,
+    },
+    /// DMA mapping of guest RAM failed.
+    #[error("cannot map guest memory for device DMA at {iova:#x}+{size:#x}: {reason}; check RLIMIT_MEMLOCK (ulimit -l) and free host memory")]
+    DmaMap {
+        /// Guest physical address.
+        iova: u64,
+        /// Bytes.
+        size: u64,
+        /// Why.
+        reason: String,
+    },
+    /// RLIMIT_MEMLOCK lower than the guest RAM that must be pinned.
+    #[error("the locked-memory limit is {limit_mib} MiB but all {needed_mib} MiB of guest RAM must be pinned for device DMA: raise it (ulimit -l {needed_kib}, LimitMEMLOCK= for a systemd unit, or memlock in /etc/security/limits.conf), or run as root")]
+    Memlock {
+        /// Current soft limit.
+        limit_mib: u64,
+        /// Needed.
+        needed_mib: u64,
+        /// Needed, in the KiB `ulimit -l` takes.
+        needed_kib: u64,
+    },
+}
+
+/// One region of a device as the host describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostRegion {
+    /// Size in bytes (0: not implemented).
+    pub size: u64,
+    /// Offset of the region in the device fd.
+    pub offset: u64,
+    /// Readable.
+    pub readable: bool,
+    /// Writable.
+    pub writable: bool,
+    /// mmap-able.
+    pub mmap: bool,
+    /// mmap-able areas when the host restricts them (sparse mmap capability).
+    pub sparse: Option<Vec<(u64, u64)>>,
+}
+
+/// An open device: the vfio-ioctls device plus what it does not expose.
+pub struct HostDevice {
+    device: VfioDevice,
+    /// The device's name (PCI address or mdev UUID).
+    pub name: String,
+    /// IOMMU group number.
+    pub group: u32,
+    flags: u32,
+}
+
+impl HostDevice {
+    /// Region `index` (BARs 0-5, ROM 6, config 7).
+    pub fn region(&self, index: u32) -> HostRegion {
+        let flags = self.device.get_region_flags(index);
+        let sparse = self
+            .device
+            .get_region_caps(index)
+            .into_iter()
+            .find_map(|cap| match cap {
+                VfioRegionInfoCap::SparseMmap(s) => {
+                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
+                }
+                _ => None,
+            });
+        HostRegion {
+            size: self.device.get_region_size(index),
+            offset: self.device.get_region_offset(index),
+            readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
+            writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
+            mmap: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
+            sparse,
+        }
+    }
+
+    /// Reads `data.len()` bytes at `offset` of region `index`.
+    pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        let at = self.checked(index, offset, data.len())?;
+        self.file().read_exact_at(data, at)
+    }
+
+    /// Writes `data` at `offset` of region `index`.
+    pub fn write(&self, index: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let at = self.checked(index, offset, data.len())?;
+        self.file().write_all_at(data, at)
+    }
+
+    /// The fd offset of `[offset, offset + len)` in region `index`, if it lies inside.
+    fn checked(&self, index: u32, offset: u64, len: usize) -> std::io::Result<u64> {
+        let size = self.device.get_region_size(index);
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= size => Ok(self.device.get_region_offset(index) + offset),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: region {index} access {offset:#x}+{len} outside {size:#x}",
+                    self.name
+                ),
+            )),
+        }
+    }
+
+    /// The device fd as a `File` that must never be closed (ManuallyDrop).
+    fn file(&self) -> std::mem::ManuallyDrop<File> {
+        // SAFETY: the fd is owned by `self.device` and outlives this borrow; ManuallyDrop
+        // keeps the temporary File from closing it.
+        std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(self.device.as_raw_fd()) })
+    }
+
+    /// Maps `len` bytes at `offset` of region `index` into our address space (shared,
+    /// read/write), for a KVM memory slot.
+    pub fn mmap(&self, index: u32, offset: u64, len: u64) -> std::io::Result<MmapArea> {
+        let at = self.checked(index, offset, len as usize)?;
+        // SAFETY: a fresh shared mapping of the device fd; nothing else refers to the
+        // returned address until MmapArea hands it out, and MmapArea unmaps it on drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.device.as_raw_fd(),
+                at as libc::off_t,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(MmapArea {
+            addr: addr.cast(),
+            len: len as usize,
+        })
+    }
+
+    /// Whether VFIO_DEVICE_RESET is supported.
+    pub fn can_reset(&self) -> bool {
+        self.flags & VFIO_DEVICE_FLAGS_RESET != 0
+    }
+
+    /// VFIO_DEVICE_RESET; false when the device has no reset method or the reset failed.
+    pub fn reset(&self) -> bool {
+        if !self.can_reset() {
+            return false;
+        }
+        // SAFETY: VFIO_DEVICE_RESET takes no argument and acts only on this device fd.
+        unsafe { ioctl(&*self.file(), VFIO_DEVICE_RESET()) == 0 }
+    }
+
+    /// Interrupt count of VFIO irq index `index` (0 INTx, 1 MSI, 2 MSI-X).
+    pub fn irq_count(&self, index: u32) -> u32 {
+        self.device.get_irq_info(index).map_or(0, |i| i.count)
+    }
+
+    /// The vfio-ioctls device, for interrupt setup.
+    pub fn vfio(&self) -> &VfioDevice {
+        &self.device
+    }
+}
+
+/// A mapping of part of a device region.
+pub struct MmapArea {
+    addr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory of the device; the pointer is only handed to
+// KVM (as a memory slot) and unmapped once, on drop.
+unsafe impl Send for MmapArea {}
+// SAFETY: as above; MmapArea itself never reads or writes through the pointer.
+unsafe impl Sync for MmapArea {}
+
+impl MmapArea {
+    /// Host address of the mapping.
+    pub fn addr(&self) -> *mut u8 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: empty mappings are not created.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for MmapArea {
+    fn drop(&mut self) {
+        // SAFETY: addr/len are exactly what mmap returned, unmapped only here.
+        unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// The VM's one VFIO container and every device opened into it.
+pub struct VfioHost {
+    container: Arc<VfioContainer>,
+    sysfs: Sysfs,
+}
+
+impl VfioHost {
+    /// Opens the container, attached to the KVM-VFIO device `kvm_vfio`.
+    pub fn new(kvm_vfio: VfioDeviceFd, sysfs: Sysfs) -> Result<Self, Error> {
+        let container = VfioContainer::new(Some(Arc::new(kvm_vfio))).map_err(|e| match e {
+            VfioError::OpenContainer(io) if io.kind() == std::io::ErrorKind::NotFound => {
+                Error::NoVfio
+            }
+            e => Error::Container(e.to_string()),
+        })?;
+        Ok(Self {
+            container: Arc::new(container),
+            sysfs,
+        })
+    }
+
+    /// Checks `dev` (group, driver, viability) through sysfs, then opens it; its group joins
+    /// the container once and is shared with the group's other devices.
+    pub fn open(&self, dev: &SysfsDevice) -> Result<HostDevice, Error> {
+        let group = self.sysfs.require_group(dev)?;
+        self.sysfs.require_vfio_pci(dev)?;
+        self.sysfs.check_viable(group)?;
+        let ops: Arc<dyn VfioOps> = self.container.clone();
+        let device =
+            VfioDevice::new(&dev.path, ops, false).map_err(|e| open_error(e, group, dev))?;
+        let flags = device_flags(&device);
+        Ok(HostDevice {
+            device,
+            name: dev.name.clone(),
+            group,
+            flags,
+        })
+    }
+
+    /// Maps `[host, host + size)` for device DMA at `iova`.
+    ///
+    /// # Safety
+    /// The range must stay mapped in this process for as long as the container exists and
+    /// must not be referenced by Rust references (devices write it at any time).
+    pub unsafe fn map_dma(&self, iova: u64, size: u64, host: *mut u8) -> Result<(), Error> {
+        // SAFETY: the caller upholds vfio_dma_map's contract (see above).
+        unsafe { self.container.vfio_dma_map(iova, size as usize, host) }.map_err(|e| {
+            Error::DmaMap {
+                iova,
+                size,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Removes a DMA map made by [`VfioHost::map_dma`].
+    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), Error> {
+        self.container
+            .vfio_dma_unmap(iova, size as usize)
+            .map_err(|e| Error::DmaMap {
+                iova,
+                size,
+                reason: e.to_string(),
+            })
+    }
+}
+
+fn open_error(e: VfioError, group: u32, dev: &SysfsDevice) -> Error {
+    let device = dev.name.clone();
+    let errno = match &e {
+        VfioError::OpenGroup(io, _) => io.raw_os_error(),
+        VfioError::GroupGetDeviceFD(sys) => Some(sys.errno()),
+        _ => None,
+    };
+    match errno {
+        Some(libc::ENOENT) => Error::NoGroupNode { group, device },
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::Permission { group, device },
+        Some(libc::EBUSY) => Error::Busy { group, device },
+        _ => Error::Open {
+            device,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// VFIO_DEVICE_GET_INFO flags (vfio-ioctls keeps them private).
+fn device_flags(device: &VfioDevice) -> u32 {
+    let mut info = vfio_device_info {
+        argsz: std::mem::size_of::<vfio_device_info>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the kernel writes at most argsz bytes into `info`, which lives across the call.
+    let ret = unsafe { ioctl_with_mut_ref(device, VFIO_DEVICE_GET_INFO(), &mut info) };
+    if ret == 0 {
+        info.flags
+    } else {
+        0
+    }
+}
+
+/// Checks RLIMIT_MEMLOCK against `bytes` of guest RAM that VFIO will pin. A process with
+/// CAP_IPC_LOCK (root) is not limited by it.
+pub fn check_memlock(bytes: u64) -> Result<(), Error> {
+    if has_ipc_lock() {
+        return Ok(());
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return Ok(());
+    }
+    memlock_verdict(lim.rlim_cur, bytes)
+}
+
+fn memlock_verdict(limit: libc::rlim_t, bytes: u64) -> Result<(), Error> {
+    if limit == libc::RLIM_INFINITY || limit >= bytes {
+        return Ok(());
+    }
+    Err(Error::Memlock {
+        limit_mib: limit >> 20,
+        needed_mib: bytes.div_ceil(1 << 20),
+        needed_kib: bytes.div_ceil(1 << 10),
+    })
+}
+
+/// CAP_IPC_LOCK (bit 14) in the effective set, from /proc/self/status.
+fn has_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_limits() {
+        assert!(memlock_verdict(libc::RLIM_INFINITY, 1 << 40).is_ok());
+        assert!(memlock_verdict(1 << 30, 1 << 30).is_ok());
+        let e = memlock_verdict(64 << 10, 512 << 20)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "the locked-memory limit is 0 MiB but all 512 MiB of guest RAM must be pinned for \
+             device DMA: raise it (ulimit -l 524288, LimitMEMLOCK= for a systemd unit, or \
+             memlock in /etc/security/limits.conf), or run as root"
+        );
+    }
+
+    #[test]
+    fn open_errors_by_errno() {
+        let dev = SysfsDevice {
+            name: "0000:00:03.0".into(),
+            path: "/sys/devices/pci0000:00/0000:00:03.0".into(),
+        };
+        let io = |errno| VfioError::OpenGroup(std::io::Error::from_raw_os_error(errno), "3".into());
+        assert!(matches!(
+            open_error(io(libc::ENOENT), 3, &dev),
+            Error::NoGroupNode { group: 3, .. }
+        ));
+        assert!(matches!(
+            open_error(io(libc::EACCES), 3, &dev),
+            Error::Permission { .. }
+        ));
+        let busy = open_error(io(libc::EBUSY), 3, &dev).to_string();
+        assert!(
+            busy.starts_with("0000:00:03.0 (IOMMU group 3) is busy"),
+            "{busy}"
+        );
+        let sys = VfioError::GroupGetDeviceFD(vmm_sys_util::errno::Error::new(libc::EBUSY));
+        assert!(matches!(open_error(sys, 3, &dev), Error::Busy { .. }));
+        let other = open_error(VfioError::GroupViable, 3, &dev).to_string();
+        assert!(other.contains("group is not viable"), "{other}");
+    }
+}
