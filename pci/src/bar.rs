@@ -5,7 +5,8 @@
 //! A move is reported on every dword write that changes the settled (non-probing) address, so
 //! a guest rewriting both halves of a 64-bit BAR (Linux writes low, then high) yields two moves
 //! through an intermediate address made of the new low and the old high half. Command-register
-//! decode enables are not tracked: a BAR decodes at its shadow address at all times.
+//! decode enables are not tracked here: a [`BarSet`] decodes at its shadow address at all times
+//! (the VFIO device model layers decode enables on top).
 
 use std::sync::{Arc, Mutex};
 
@@ -110,9 +111,12 @@ pub struct BarReprogram {
 
 impl BarReprogram {
     /// Moves `region` (the trapped BAR's bus device) on `bus` from `old_base` to `new_base`.
-    /// A BAR moved to address 0 is only removed.
+    /// Base 0 means "not decoded": a BAR moved to 0 is only removed, one moved from 0 only
+    /// inserted.
     pub fn apply(&self, bus: &Bus, region: Arc<Mutex<dyn BusDevice>>) -> Result<(), bus::Error> {
-        bus.remove(self.old_base);
+        if self.old_base != 0 {
+            bus.remove(self.old_base);
+        }
         if self.new_base == 0 {
             return Ok(());
         }
@@ -179,6 +183,11 @@ impl Bar {
     /// Sets the address as firmware would; low bits below the size are dropped.
     pub fn set_addr(&mut self, addr: u64) {
         self.addr = addr & self.addr_mask();
+    }
+
+    /// True if this is the expansion ROM and the guest set its enable bit.
+    pub fn rom_enabled(&self) -> bool {
+        self.kind == BarKind::Rom && self.rom_enabled
     }
 
     /// Where the BAR decodes.
@@ -288,6 +297,11 @@ impl BarSet {
     }
 
     /// All BARs, in the order added.
+    pub fn iter(&self) -> impl Iterator<Item = &Bar> {
+        self.bars.iter()
+    }
+
+    /// All BARs, in the order added, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Bar> {
         self.bars.iter_mut()
     }
@@ -402,6 +416,10 @@ mod tests {
         assert_eq!(rom.read(12), 0xffff_8000);
         assert_eq!(write32(&mut rom, 12, 0xd000_0001), Some((0, 0xd000_0000)));
         assert_eq!(rom.read(12), 0xd000_0001);
+        assert!(rom.get(ROM_BAR).unwrap().rom_enabled());
+        write32(&mut rom, 12, 0xd000_0000);
+        assert!(!rom.get(ROM_BAR).unwrap().rom_enabled());
+        assert_eq!(rom.iter().count(), 1);
     }
 
     #[test]

@@ -123,8 +123,10 @@ impl PciDevice for PciConfig {
         reg_idx: usize,
         offset: usize,
         data: &[u8],
-    ) -> Option<BarReprogram> {
+    ) -> Vec<BarReprogram> {
         self.write_register(reg_idx, offset, data)
+            .into_iter()
+            .collect()
     }
 
     fn bars(&self) -> Vec<BarRange> {

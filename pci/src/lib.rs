@@ -9,8 +9,9 @@
 //! # The device seam
 //!
 //! A device answers config accesses by dword register ([`PciDevice::read_config_register`],
-//! [`PciDevice::write_config_register`]). A config write that moves a BAR returns a
-//! [`BarReprogram`]; [`PciRoot`] queues it with the device's slot and the VMM drains the queue
+//! [`PciDevice::write_config_register`]). A config write that moves BARs returns one
+//! [`BarReprogram`] per BAR (several when a command-register write turns decoding on or off);
+//! [`PciRoot`] queues them with the device's slot and the VMM drains the queue
 //! with [`PciRoot::take_bar_moves`] after the guest's config write returns, then moves the
 //! BAR's bus entry ([`BarReprogram::apply`]) and, for VFIO, its KVM memory slot. Queueing
 //! (instead of a callback) keeps the bus rule "no device calls back into a bus while holding
@@ -46,14 +47,16 @@ pub use root::{
 pub trait PciDevice: Send {
     /// The config space dword at `reg_idx`.
     fn read_config_register(&mut self, reg_idx: usize) -> u32;
-    /// Writes `data` at byte `offset` within dword `reg_idx`; returns the BAR move it causes.
+    /// Writes `data` at byte `offset` within dword `reg_idx`; returns the BAR moves it causes,
+    /// in the order the VMM must apply them.
     fn write_config_register(
         &mut self,
         reg_idx: usize,
         offset: usize,
         data: &[u8],
-    ) -> Option<BarReprogram>;
-    /// The device's BARs as currently programmed, for the VMM's initial bus/memslot mapping.
+    ) -> Vec<BarReprogram>;
+    /// The device's BARs as currently decoded, for the VMM's initial bus/memslot mapping. A
+    /// range with base 0 is not decoded (not on the bus).
     fn bars(&self) -> Vec<BarRange> {
         Vec::new()
     }
@@ -102,8 +105,9 @@ pub enum Error {
     },
 }
 
-/// `dword` with `data` written at byte `offset`; `None` if the access leaves the dword.
-pub(crate) fn merge_bytes(dword: u32, offset: usize, data: &[u8]) -> Option<u32> {
+/// `dword` with `data` written at byte `offset`; `None` if the access leaves the dword or is
+/// empty.
+pub fn merge_bytes(dword: u32, offset: usize, data: &[u8]) -> Option<u32> {
     let mut bytes = dword.to_le_bytes();
     let end = offset.checked_add(data.len()).filter(|&e| e <= 4)?;
     if data.is_empty() {
@@ -114,7 +118,7 @@ pub(crate) fn merge_bytes(dword: u32, offset: usize, data: &[u8]) -> Option<u32>
 }
 
 /// Fills `data` from byte `offset` of `dword`, or with all ones if the access leaves it.
-pub(crate) fn extract_bytes(dword: Option<u32>, offset: usize, data: &mut [u8]) {
+pub fn extract_bytes(dword: Option<u32>, offset: usize, data: &mut [u8]) {
     let end = offset.checked_add(data.len()).filter(|&e| e <= 4);
     match (dword, end) {
         (Some(dword), Some(end)) => data.copy_from_slice(&dword.to_le_bytes()[offset..end]),

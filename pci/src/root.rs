@@ -123,7 +123,7 @@ impl PciRoot {
             return;
         };
         let moved = lock(dev).write_config_register(addr.reg_idx, offset, data);
-        if let Some(mv) = moved {
+        for mv in moved {
             log::debug!("PCI slot {} moved BAR: {mv:x?}", addr.device);
             self.moves.push((addr.device, mv));
         }
@@ -351,13 +351,8 @@ mod tests {
             fn read_config_register(&mut self, _: usize) -> u32 {
                 0
             }
-            fn write_config_register(
-                &mut self,
-                _: usize,
-                _: usize,
-                _: &[u8],
-            ) -> Option<BarReprogram> {
-                None
+            fn write_config_register(&mut self, _: usize, _: usize, _: &[u8]) -> Vec<BarReprogram> {
+                Vec::new()
             }
             fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
                 data.fill(bar.wrapping_add(offset as u8));
@@ -377,10 +372,29 @@ mod tests {
             len: 0x1000,
             is_io: false,
         };
-        mv.apply(&bus, region).unwrap();
+        mv.apply(&bus, region.clone()).unwrap();
         assert!(!bus.read(0xc000_0010, &mut data));
         assert!(bus.read(0xd000_0010, &mut data));
         assert_eq!(data, [0x12, 0x12]);
+        let unmap = BarReprogram {
+            old_base: new_base,
+            new_base: 0,
+            ..mv
+        };
+        unmap.apply(&bus, region.clone()).unwrap();
+        assert!(!bus.read(0xd000_0010, &mut data));
+        let at_zero = Arc::new(Mutex::new(BarRegion::new(Arc::new(Mutex::new(Echo)), 0)));
+        bus.insert(at_zero, 0, 0x10).unwrap();
+        let map = BarReprogram {
+            old_base: 0,
+            new_base,
+            ..mv
+        };
+        map.apply(&bus, region).unwrap();
+        assert!(
+            bus.read(0xd000_0010, &mut data) && bus.read(0, &mut data),
+            "0 left alone"
+        );
     }
 
     /// Pseudo-random config accesses at every offset and size never panic.
