@@ -90,23 +90,6 @@ pub enum Error {
     },
 }
 
-/// One region of a device as the host describes it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostRegion {
-    /// Size in bytes (0: not implemented).
-    pub size: u64,
-    /// Offset of the region in the device fd.
-    pub offset: u64,
-    /// Readable.
-    pub readable: bool,
-    /// Writable.
-    pub writable: bool,
-    /// mmap-able.
-    pub mmap: bool,
-    /// mmap-able areas when the host restricts them (sparse mmap capability).
-    pub sparse: Option<Vec<(u64, u64)>>,
-}
-
 /// An open device: the vfio-ioctls device plus what it does not expose.
 pub struct HostDevice {
     device: VfioDevice,
@@ -118,29 +101,6 @@ pub struct HostDevice {
 }
 
 impl HostDevice {
-    /// Region `index` (BARs 0-5, ROM 6, config 7).
-    pub fn region(&self, index: u32) -> HostRegion {
-        let flags = self.device.get_region_flags(index);
-        let sparse = self
-            .device
-            .get_region_caps(index)
-            .into_iter()
-            .find_map(|cap| match cap {
-                VfioRegionInfoCap::SparseMmap(s) => {
-                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
-                }
-                _ => None,
-            });
-        HostRegion {
-            size: self.device.get_region_size(index),
-            offset: self.device.get_region_offset(index),
-            readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
-            writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
-            mmap: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
-            sparse,
-        }
-    }
-
     /// Reads `data.len()` bytes at `offset` of region `index`.
     pub fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
         let at = self.checked(index, offset, data.len())?;
@@ -225,6 +185,42 @@ impl HostDevice {
     }
 }
 
+impl crate::backend::VfioBackend for HostDevice {
+    fn region(&self, index: u32) -> Option<crate::backend::RegionInfo> {
+        let size = self.device.get_region_size(index);
+        let flags = self.device.get_region_flags(index);
+        let sparse = self
+            .device
+            .get_region_caps(index)
+            .into_iter()
+            .find_map(|cap| match cap {
+                VfioRegionInfoCap::SparseMmap(s) => {
+                    Some(s.areas.iter().map(|a| (a.offset, a.size)).collect())
+                }
+                _ => None,
+            });
+        (size > 0).then_some(crate::backend::RegionInfo {
+            size,
+            readable: flags & VFIO_REGION_INFO_FLAG_READ != 0,
+            writable: flags & VFIO_REGION_INFO_FLAG_WRITE != 0,
+            mmap: flags & VFIO_REGION_INFO_FLAG_MMAP != 0,
+            sparse,
+        })
+    }
+
+    fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> std::io::Result<()> {
+        HostDevice::read(self, index, offset, data)
+    }
+
+    fn write(&self, index: u32, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        HostDevice::write(self, index, offset, data)
+    }
+
+    fn irq_count(&self, index: u32) -> u32 {
+        HostDevice::irq_count(self, index)
+    }
+}
+
 /// A mapping of part of a device region.
 pub struct MmapArea {
     addr: *mut u8,
@@ -282,12 +278,10 @@ impl VfioHost {
         })
     }
 
-    /// Checks `dev` (group, driver, viability) through sysfs, then opens it; its group joins
-    /// the container once and is shared with the group's other devices.
+    /// Checks `dev` (see [`check_usable`]), then opens it; its group joins the container
+    /// once and is shared with the group's other devices.
     pub fn open(&self, dev: &SysfsDevice) -> Result<HostDevice, Error> {
-        let group = self.sysfs.require_group(dev)?;
-        self.sysfs.require_vfio_pci(dev)?;
-        self.sysfs.check_viable(group)?;
+        let group = check_usable(&self.sysfs, dev)?;
         let ops: Arc<dyn VfioOps> = self.container.clone();
         let device =
             VfioDevice::new(&dev.path, ops, false).map_err(|e| open_error(e, group, dev))?;
@@ -326,6 +320,15 @@ impl VfioHost {
                 reason: e.to_string(),
             })
     }
+}
+
+/// What sysfs can tell before anything is opened: `dev` has an IOMMU group, is bound to
+/// vfio-pci, and every other member of its group is harmless. Returns the group.
+pub fn check_usable(sysfs: &Sysfs, dev: &SysfsDevice) -> Result<u32, Error> {
+    let group = sysfs.require_group(dev)?;
+    sysfs.require_vfio_pci(dev)?;
+    sysfs.check_viable(group)?;
+    Ok(group)
 }
 
 fn open_error(e: VfioError, group: u32, dev: &SysfsDevice) -> Error {

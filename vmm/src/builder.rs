@@ -117,9 +117,9 @@ pub enum Error {
     /// Device ranges collided (a bug, not user input).
     #[error("device layout: {0}")]
     Bus(#[from] devices::bus::Error),
-    /// `--device` asked for something not built yet.
-    #[error("--device {0}: VFIO passthrough is not available in this build yet")]
-    DeviceUnsupported(String),
+    /// A passed-through device could not be attached.
+    #[error(transparent)]
+    Passthrough(#[from] crate::passthrough::Error),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -139,9 +139,11 @@ pub struct Vm {
     /// The console UART.
     pub serial: GuestSerial,
     /// Kept open for the VM's lifetime.
-    pub vm: VmFd,
-    /// Guest RAM (mapped into KVM).
+    pub vm: Arc<VmFd>,
+    /// Guest RAM (mapped into KVM and, with devices, for their DMA).
     pub memory: GuestMemoryMmap,
+    /// Passed-through devices and their container, when `--device` was given.
+    pub passthrough: Option<crate::passthrough::Passthrough>,
 }
 
 /// Builds the VM described by `cfg`.
@@ -151,9 +153,6 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         Some(path) => Some(open_file("initramfs", path)?),
         None => None,
     };
-    if let Some(d) = cfg.devices.first() {
-        return Err(Error::DeviceUnsupported(format!("{:?}", d.source)));
-    }
     check_host_memory(cfg.memory)?;
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
@@ -163,7 +162,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
             max,
         });
     }
-    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
     let memory = create_memory(cfg.memory)?;
     register_memory(&vm, &memory)?;
     setup_irqchip(&vm)?;
@@ -172,11 +171,24 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     let pio = Arc::new(Bus::new());
     let serial = attach_legacy_devices(&vm, &pio, &exit, cfg)?;
 
+    let mmio = Arc::new(Bus::new());
+    let passthrough = if cfg.devices.is_empty() {
+        None
+    } else {
+        let setup = crate::passthrough::Setup {
+            vm: &vm,
+            memory: &memory,
+            mem_size: cfg.memory,
+            pio: &pio,
+            mmio: &mmio,
+        };
+        Some(crate::passthrough::attach(&setup, &cfg.devices)?)
+    };
+
     let entry = load_guest(&memory, cfg, &mut kernel, initrd)?;
-    arch::acpi::create_acpi_tables(&memory, &arch::acpi::AcpiConfig { num_cpus: cfg.cpus })?;
+    write_acpi_tables(&memory, cfg, passthrough.as_ref())?;
     arch::regs::write_boot_tables(&memory)?;
 
-    let mmio = Arc::new(Bus::new());
     let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, &pio, &mmio, &exit)?;
     Ok(Vm {
         exit,
@@ -184,7 +196,24 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         serial,
         vm,
         memory,
+        passthrough,
     })
+}
+
+/// ACPI tables; with passed-through devices, also the PCI host bridge and MCFG.
+fn write_acpi_tables(
+    memory: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    passthrough: Option<&crate::passthrough::Passthrough>,
+) -> Result<(), Error> {
+    use arch::acpi::{AcpiConfig, AcpiTables, OEM_ID, OEM_REVISION};
+    let mut tables = AcpiTables::new(&AcpiConfig { num_cpus: cfg.cpus })?;
+    if let Some(p) = passthrough {
+        tables.add_dsdt_aml(&pci::dsdt_aml(&p.windows));
+        tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
+    }
+    tables.write_to_guest(memory)?;
+    Ok(())
 }
 
 fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {

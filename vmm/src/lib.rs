@@ -7,6 +7,8 @@
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod logger;
+pub mod passthrough;
 pub mod vcpu;
 
 use config::VmConfig;

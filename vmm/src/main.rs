@@ -3,6 +3,7 @@
 use vmm::config::{Command, HELP};
 
 fn main() {
+    vmm::logger::init();
     let status = match Command::parse(std::env::args().skip(1)) {
         Ok(Command::Help) => {
             print!("{HELP}");

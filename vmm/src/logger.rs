@@ -1,0 +1,56 @@
+//! A minimal `log` backend: one line per record on stderr, `vmm: LEVEL: message`. The level
+//! comes from `RUST_LOG` (error, warn, info, debug, trace); warnings are shown by default.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct StderrLogger;
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                Level::Error => "error",
+                Level::Warn => "warning",
+                Level::Info => "info",
+                Level::Debug => "debug",
+                Level::Trace => "trace",
+            };
+            // The terminal may be raw: end lines with \r\n so they start at column 0.
+            eprint!("vmm: {level}: {}\r\n", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// The level named by `value` (as in `RUST_LOG`), warnings when unset or unknown.
+pub fn level_from(value: Option<&str>) -> LevelFilter {
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LevelFilter::Warn)
+}
+
+/// Installs the logger; later calls do nothing.
+pub fn init() {
+    static LOGGER: StderrLogger = StderrLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(level_from(std::env::var("RUST_LOG").ok().as_deref()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(level_from(None), LevelFilter::Warn);
+        assert_eq!(level_from(Some("debug")), LevelFilter::Debug);
+        assert_eq!(level_from(Some("INFO")), LevelFilter::Info);
+        assert_eq!(level_from(Some("nonsense")), LevelFilter::Warn);
+    }
+}
