@@ -4,7 +4,9 @@
 use crate::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
-use resources::layout::{BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START};
+use resources::layout::{
+    BOOT_GDT_START, BOOT_IDT_START, BOOT_STACK_POINTER, PML4_START, RESET_VECTOR,
+};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Errors while setting up a vCPU.
@@ -111,8 +113,14 @@ const EFER_LMA: u64 = 1 << 10;
 /// Page directories identity-map this many GiB with 2 MiB pages.
 const IDENTITY_GIB: u64 = 4;
 
-/// Writes the GDT, an empty IDT and identity page tables for the first 4 GiB.
+/// Real-mode code at the reset vector: ask the i8042 to pulse the reset line, then halt.
+/// `mov al, 0xfe; out 0x64, al; hlt; jmp $-1`.
+const RESET_STUB: [u8; 7] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd];
+
+/// Writes the GDT, an empty IDT, identity page tables for the first 4 GiB, and the reset
+/// stub at the reset vector (there is no firmware to jump back into).
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR))?;
     for (i, entry) in GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + i as u64 * 8))?;
     }
@@ -296,5 +304,9 @@ mod tests {
         }
         let gdt1: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START + 8)).unwrap();
         assert_eq!(gdt1, 0x00af_9b00_0000_ffff);
+        let mut stub = [0u8; 7];
+        mem.read_slice(&mut stub, GuestAddress(RESET_VECTOR))
+            .unwrap();
+        assert_eq!(stub, RESET_STUB);
     }
 }

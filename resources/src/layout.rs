@@ -34,6 +34,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 /// Size reserved for the ACPI tables.
 pub const ACPI_SIZE: u64 = 0x20000;
+/// The x86 reset vector (f000:fff0): Linux jumps there to reboot through the "BIOS", which
+/// it picks on hardware-reduced ACPI platforms without EFI.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Where the kernel and everything above it start.
 pub const HIMEM_START: u64 = 0x10_0000;
 

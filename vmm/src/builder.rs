@@ -142,8 +142,8 @@ pub struct Vm {
     pub vm: Arc<VmFd>,
     /// Guest RAM (mapped into KVM and, with devices, for their DMA).
     pub memory: GuestMemoryMmap,
-    /// Passed-through devices and their container, when `--device` was given.
-    pub passthrough: Option<crate::passthrough::Passthrough>,
+    /// The PCI bus, and passed-through devices with their container.
+    pub passthrough: crate::passthrough::Passthrough,
 }
 
 /// Builds the VM described by `cfg`.
@@ -172,21 +172,17 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     let serial = attach_legacy_devices(&vm, &pio, &exit, cfg)?;
 
     let mmio = Arc::new(Bus::new());
-    let passthrough = if cfg.devices.is_empty() {
-        None
-    } else {
-        let setup = crate::passthrough::Setup {
-            vm: &vm,
-            memory: &memory,
-            mem_size: cfg.memory,
-            pio: &pio,
-            mmio: &mmio,
-        };
-        Some(crate::passthrough::attach(&setup, &cfg.devices)?)
+    let setup = crate::passthrough::Setup {
+        vm: &vm,
+        memory: &memory,
+        mem_size: cfg.memory,
+        pio: &pio,
+        mmio: &mmio,
     };
+    let passthrough = crate::passthrough::attach(&setup, &cfg.devices)?;
 
     let entry = load_guest(&memory, cfg, &mut kernel, initrd)?;
-    write_acpi_tables(&memory, cfg, passthrough.as_ref())?;
+    write_acpi_tables(&memory, cfg, &passthrough.windows)?;
     arch::regs::write_boot_tables(&memory)?;
 
     let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, &pio, &mmio, &exit)?;
@@ -200,18 +196,16 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     })
 }
 
-/// ACPI tables; with passed-through devices, also the PCI host bridge and MCFG.
+/// ACPI tables, with the PCI host bridge and MCFG.
 fn write_acpi_tables(
     memory: &GuestMemoryMmap,
     cfg: &VmConfig,
-    passthrough: Option<&crate::passthrough::Passthrough>,
+    windows: &pci::PciWindows,
 ) -> Result<(), Error> {
     use arch::acpi::{AcpiConfig, AcpiTables, OEM_ID, OEM_REVISION};
     let mut tables = AcpiTables::new(&AcpiConfig { num_cpus: cfg.cpus })?;
-    if let Some(p) = passthrough {
-        tables.add_dsdt_aml(&pci::dsdt_aml(&p.windows));
-        tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
-    }
+    tables.add_dsdt_aml(&pci::dsdt_aml(windows));
+    tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
     tables.write_to_guest(memory)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod builder;
 pub mod config;
 pub mod console;
+pub mod interrupts;
 pub mod logger;
 pub mod passthrough;
 pub mod vcpu;

@@ -1,11 +1,16 @@
-//! Passthrough wiring: the guest PCI bus with its VFIO devices, and keeping each BAR's
-//! KVM memory slots (mmapped parts) and bus entries (trapped parts) where the guest put it.
+//! Passthrough wiring: the guest PCI bus with its VFIO devices, each BAR's KVM memory slots
+//! (mmapped parts) and bus entries (trapped parts) kept where the guest put it, and each
+//! device's interrupts ([`irqs`]) kept matching what the guest programmed.
 //!
 //! Lock order: a config-space access holds its `ConfigAccess` lock, then briefly the root's,
 //! then the `BarMapper`'s; the mapper takes a device's lock only to read its BAR plan and
-//! never while changing a bus. Buses never hold their map lock while calling a device.
+//! never while changing a bus. A device model's lock is taken before its `DeviceIrqs` lock.
+//! Buses never hold their map lock while calling a device.
+
+mod irqs;
 
 use crate::config::{DeviceConfig, DeviceSource};
+use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
 use devices::{Bus, BusDevice};
 use kvm_bindings::{
@@ -16,11 +21,14 @@ use pci::{BarReprogram, PciConfigIo, PciConfigMmio, PciDevice, PciResources, Pci
 use resources::layout::PCI_ECAM_START;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use vfio::backend::INTX_IRQ;
 use vfio::host::{HostDevice, MmapArea, VfioHost};
-use vfio::{SegmentKind, Sysfs, VfioPciDevice};
+use vfio::{SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
 use vfio_ioctls::VfioDeviceFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
+/// Config dword holding interrupt line (byte 0) and pin (byte 1).
+const INTERRUPT_REG: usize = 0x3c / 4;
 /// Size of the 64-bit BAR window above RAM.
 const MMIO64_SIZE: u64 = 64 << 30;
 /// KVM memory slots for BARs start here (RAM uses the first few).
@@ -76,22 +84,44 @@ pub enum Error {
 
 type Device = Arc<Mutex<VfioPciDevice<HostDevice>>>;
 
+/// A passed-through device: its model and its interrupt wiring.
+struct Passed {
+    model: Device,
+    irqs: Mutex<irqs::DeviceIrqs>,
+}
+
+impl Passed {
+    /// Rewires interrupts if the guest changed MSI/MSI-X programming.
+    fn sync_irqs(&self, model: &mut VfioPciDevice<HostDevice>) {
+        if !model.take_interrupt_changes().is_empty() {
+            self.irqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync(model);
+        }
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A BAR part that is trapped: forwards to the device with the part's offset in the BAR.
 struct TrappedPart {
-    device: Arc<Mutex<dyn PciDevice>>,
+    device: Arc<Passed>,
     bar: u8,
     offset: u64,
 }
 
 impl BusDevice for TrappedPart {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        dev.bar_read(self.bar, self.offset + offset, data);
+        lock(&self.device.model).bar_read(self.bar, self.offset + offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        dev.bar_write(self.bar, self.offset + offset, data);
+        let mut model = lock(&self.device.model);
+        model.bar_write(self.bar, self.offset + offset, data);
+        self.device.sync_irqs(&mut model);
     }
 }
 
@@ -136,9 +166,8 @@ impl BarMapper {
     /// Prepares the parts of every BAR of the device in PCI slot `slot`: mmaps what can be
     /// mapped, makes handlers for the rest. Nothing is installed until the guest enables
     /// decoding.
-    fn add(&mut self, slot: u8, device: &Device, name: &str) -> Result<(), Error> {
-        let dyn_dev: Arc<Mutex<dyn PciDevice>> = device.clone();
-        let dev = device.lock().unwrap_or_else(|e| e.into_inner());
+    fn add(&mut self, slot: u8, device: &Arc<Passed>, name: &str) -> Result<(), Error> {
+        let dev = lock(&device.model);
         let bars: Vec<u8> = dev.bar_set().iter().map(|b| b.index()).collect();
         for bar in bars {
             let mut parts = Vec::new();
@@ -160,7 +189,7 @@ impl BarMapper {
                         offset: seg.offset,
                         len: seg.len,
                         handler: Arc::new(Mutex::new(TrappedPart {
-                            device: dyn_dev.clone(),
+                            device: device.clone(),
                             bar,
                             offset: seg.offset,
                         })),
@@ -274,11 +303,13 @@ impl BarMapper {
     }
 }
 
-/// A config-space access path (mechanism #1 or ECAM) that applies BAR moves after each write.
+/// A config-space access path (mechanism #1 or ECAM) that applies BAR moves and interrupt
+/// reprogramming after each write.
 struct ConfigAccess<D: BusDevice> {
     inner: D,
     root: Arc<Mutex<PciRoot>>,
     mapper: Arc<Mutex<BarMapper>>,
+    devices: Arc<Vec<Arc<Passed>>>,
 }
 
 impl<D: BusDevice> BusDevice for ConfigAccess<D> {
@@ -288,34 +319,29 @@ impl<D: BusDevice> BusDevice for ConfigAccess<D> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         self.inner.write(offset, data);
-        let moves = self
-            .root
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take_bar_moves();
-        if moves.is_empty() {
-            return;
+        let moves = lock(&self.root).take_bar_moves();
+        if !moves.is_empty() {
+            let mut mapper = lock(&self.mapper);
+            for (slot, mv) in &moves {
+                mapper.apply(*slot, mv);
+            }
         }
-        let mut mapper = self.mapper.lock().unwrap_or_else(|e| e.into_inner());
-        for (slot, mv) in &moves {
-            mapper.apply(*slot, mv);
+        for device in self.devices.iter() {
+            device.sync_irqs(&mut lock(&device.model));
         }
     }
 }
 
 /// Everything passthrough needs to stay alive for the VM's lifetime.
 pub struct Passthrough {
-    /// The container and its devices' host side (dropped last).
-    pub host: VfioHost,
-    /// The guest PCI root.
-    pub root: Arc<Mutex<PciRoot>>,
-    /// The BAR mapper.
-    pub mapper: Arc<Mutex<BarMapper>>,
-    /// Windows the BARs were allocated from (for ACPI).
+    /// The container and its devices' host side, when devices were given (dropped last).
+    pub host: Option<VfioHost>,
+    /// Windows BARs are allocated from (for ACPI).
     pub windows: PciWindows,
+    _devices: Arc<Vec<Arc<Passed>>>,
 }
 
-/// What the passthrough setup needs from the builder.
+/// What the PCI setup needs from the builder.
 pub struct Setup<'a> {
     /// The VM.
     pub vm: &'a Arc<VmFd>,
@@ -329,9 +355,63 @@ pub struct Setup<'a> {
     pub mmio: &'a Arc<Bus>,
 }
 
-/// Opens every `--device`, maps guest RAM for DMA and puts the devices on a new PCI bus.
+/// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, maps guest
+/// RAM for their DMA and wires their interrupts. Without devices, just the host bridge.
 pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Error> {
-    // Everything sysfs can say comes first: it names the device and the fix most precisely.
+    let windows = PciWindows::new(setup.mem_size, MMIO64_SIZE);
+    let root = Arc::new(Mutex::new(PciRoot::new()));
+    let mapper = Arc::new(Mutex::new(BarMapper::new(
+        setup.vm.clone(),
+        setup.pio.clone(),
+        setup.mmio.clone(),
+    )));
+    let (host, passed) = if devices.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (host, found) = open_host(setup, devices)?;
+        let pci = PciParts {
+            root: &root,
+            mapper: &mapper,
+            windows,
+        };
+        let passed = add_devices(setup, &host, &found, &pci)?;
+        map_guest_ram(&host, setup.memory)?;
+        (Some(host), passed)
+    };
+    let devices = Arc::new(passed);
+    let io = ConfigAccess {
+        inner: PciConfigIo::new(root.clone()),
+        root: root.clone(),
+        mapper: mapper.clone(),
+        devices: devices.clone(),
+    };
+    setup.pio.insert(
+        Arc::new(Mutex::new(io)),
+        pci::PCI_CONFIG_IO_PORT,
+        pci::PCI_CONFIG_IO_SIZE,
+    )?;
+    let ecam = ConfigAccess {
+        inner: PciConfigMmio::new(root.clone()),
+        root,
+        mapper,
+        devices: devices.clone(),
+    };
+    setup
+        .mmio
+        .insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_START, pci::ECAM_SIZE)?;
+    Ok(Passthrough {
+        host,
+        windows,
+        _devices: devices,
+    })
+}
+
+/// Checks every device through sysfs (the most precise messages), the memlock limit, then
+/// opens the container.
+fn open_host(
+    setup: &Setup,
+    devices: &[DeviceConfig],
+) -> Result<(VfioHost, Vec<SysfsDevice>), Error> {
     let sysfs = Sysfs::default();
     let mut found = Vec::new();
     for cfg in devices {
@@ -356,19 +436,31 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
             what: "create the KVM-VFIO device",
             source,
         })?;
-    let host = VfioHost::new(VfioDeviceFd::new_from_kvm(kvm_vfio), Sysfs::default())?;
-    let windows = PciWindows::new(setup.mem_size, MMIO64_SIZE);
-    let mut resources = PciResources::new(windows).map_err(|source| Error::Resources {
+    let host = VfioHost::new(VfioDeviceFd::new_from_kvm(kvm_vfio), sysfs)?;
+    Ok((host, found))
+}
+/// The PCI bus pieces devices are added to.
+struct PciParts<'a> {
+    root: &'a Arc<Mutex<PciRoot>>,
+    mapper: &'a Arc<Mutex<BarMapper>>,
+    windows: PciWindows,
+}
+
+/// Opens each device, resets it, models it, gives its BARs guest addresses, puts it on the
+/// bus and wires its INTx.
+fn add_devices(
+    setup: &Setup,
+    host: &VfioHost,
+    found: &[SysfsDevice],
+    pci: &PciParts,
+) -> Result<Vec<Arc<Passed>>, Error> {
+    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
+    let mut resources = PciResources::new(pci.windows).map_err(|source| Error::Resources {
         device: "PCI windows".into(),
         source,
     })?;
-    let root = Arc::new(Mutex::new(PciRoot::new()));
-    let mapper = Arc::new(Mutex::new(BarMapper::new(
-        setup.vm.clone(),
-        setup.pio.clone(),
-        setup.mmio.clone(),
-    )));
-    for dev in &found {
+    let mut passed = Vec::new();
+    for dev in found {
         let hd = host.open(dev)?;
         let name = hd.name.clone();
         if !hd.reset() {
@@ -387,49 +479,30 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
                 device: name.clone(),
                 source,
             })?;
+        let pin = (model.read_config_register(INTERRUPT_REG) >> 8) as u8;
         let model = Arc::new(Mutex::new(model));
-        let slot = root
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let slot = lock(pci.root)
             .add_device(model.clone())
             .map_err(|source| Error::Resources {
                 device: name.clone(),
                 source,
             })?;
-        mapper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(slot, &model, &name)?;
+        let intx_gsi = (pin != 0 && lock(&model).backend().irq_count(INTX_IRQ) > 0)
+            .then(|| pci::intx_gsi(slot, pin - 1));
+        let irqs = irqs::DeviceIrqs::new(&name, setup.vm.clone(), router.clone(), intx_gsi);
+        let device = Arc::new(Passed {
+            model,
+            irqs: Mutex::new(irqs),
+        });
+        lock(pci.mapper).add(slot, &device, &name)?;
+        lock(&device.irqs).sync(&lock(&device.model));
         log::info!(
-            "{name}: IOMMU group {group}, guest 00:{slot:02x}.0, {}",
-            describe_bars(&model)
+            "{name}: IOMMU group {group}, guest 00:{slot:02x}.0, INTx GSI {intx_gsi:?}, {}",
+            describe_bars(&device.model)
         );
+        passed.push(device);
     }
-    map_guest_ram(&host, setup.memory)?;
-    let io = ConfigAccess {
-        inner: PciConfigIo::new(root.clone()),
-        root: root.clone(),
-        mapper: mapper.clone(),
-    };
-    setup.pio.insert(
-        Arc::new(Mutex::new(io)),
-        pci::PCI_CONFIG_IO_PORT,
-        pci::PCI_CONFIG_IO_SIZE,
-    )?;
-    let ecam = ConfigAccess {
-        inner: PciConfigMmio::new(root.clone()),
-        root: root.clone(),
-        mapper: mapper.clone(),
-    };
-    setup
-        .mmio
-        .insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_START, pci::ECAM_SIZE)?;
-    Ok(Passthrough {
-        host,
-        root,
-        mapper,
-        windows,
-    })
+    Ok(passed)
 }
 
 fn describe_bars(device: &Device) -> String {
