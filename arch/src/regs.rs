@@ -203,14 +203,14 @@ const MSR_LSTAR: u32 = 0xc000_0082;
 const MSR_CSTAR: u32 = 0xc000_0083;
 const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MISC_ENABLE_FAST_STRING: u64 = 1;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 /// MTRRs enabled, default type write-back: all RAM cacheable.
 const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
 
-/// The MSRs a freshly booted x86_64 CPU should have.
+/// The MSRs a freshly booted x86_64 CPU should have. The TSC is left alone: KVM starts
+/// every vCPU's TSC in sync, and rewriting it per vCPU can make the guest see them apart.
 pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), Error> {
     let entries: Vec<kvm_msr_entry> = [
         (MSR_IA32_SYSENTER_CS, 0),
@@ -221,7 +221,6 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), Error> {
         (MSR_KERNEL_GS_BASE, 0),
         (MSR_SYSCALL_MASK, 0),
         (MSR_LSTAR, 0),
-        (MSR_IA32_TSC, 0),
         (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
         (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
     ]

@@ -26,23 +26,30 @@ function median(arr, n,    i, j, t) {
     if (n == 0) return "n/a"
     return (n % 2) ? arr[(n+1)/2] : (arr[n/2] + arr[n/2+1]) / 2
 }
-/^RIG-ATTEMPT/ { n = 0; nr = 0; ns = 0; delete rows }
+function ratio(a, b, k) {
+    if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) { r[k, ++nr[k]] = a / b; return sprintf("%.2f", a / b) }
+    return "n/a"
+}
+function med(k,    i, arr) { for (i = 1; i <= nr[k]; i++) arr[i] = r[k, i]; m = median(arr, nr[k]); return m == "n/a" ? m : sprintf("%.2f", m) }
+/^RIG-ATTEMPT/ { n = 0; delete nr; delete r; ns = 0 }
 /^RIG-BENCH/ {
     n++
-    v = val($0, "vmm"); q = val($0, "qemu"); vr = val($0, "vmm_rss_kb"); qr = val($0, "qemu_rss_kb")
-    ratio = "n/a"
-    if (v ~ /^[0-9]+$/ && q ~ /^[0-9]+$/ && q > 0) { ratio = sprintf("%.2f", v / q); ratios[++nr] = v / q }
+    v = val($0, "vmm"); q = val($0, "qemu"); vp = val($0, "vmm-pvh"); qp = val($0, "qemu-pvh")
+    vr = val($0, "vmm-pvh_rss_kb")
     if (vr ~ /^[0-9]+$/) rss[++ns] = vr
-    rows[n] = sprintf("| %d | %s | %s | %s | %s | %s |", val($0, "round"), v, q, ratio, vr, qr)
+    rows[n] = sprintf("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |", val($0, "round"), v, q, vp, qp,
+        ratio(v, q, "bz"), ratio(vp, q, "best"), ratio(vp, qp, "pvh"), vr, val($0, "qemu_rss_kb"))
 }
 END {
-    print "Boot to L2 /init (wall ms inside L1), Linux " kver " guest, 2 vCPUs, 512 MiB, alternated runs after one warm-up of each:"
+    print "Boot to L2 /init (wall ms inside L1, from fork to the first line of /init), Linux " kver
+    print "guest, 2 vCPUs, 512 MiB, same initramfs and command line; alternated runs after one warm-up."
+    print "bz = the bzImage; pvh = the same kernel as ELF vmlinux through its PVH entry."
     print ""
-    print "| round | vmm init_ms | qemu init_ms | vmm/qemu | vmm RSS KiB | qemu RSS KiB |"
-    print "|---|---|---|---|---|---|"
+    print "| round | vmm bz | qemu bz | vmm pvh | qemu pvh | vmm bz / qemu bz | vmm pvh / qemu bz | vmm pvh / qemu pvh | vmm RSS KiB | qemu RSS KiB |"
+    print "|---|---|---|---|---|---|---|---|---|---|"
     for (i = 1; i <= n; i++) print rows[i]
     print ""
-    m = median(ratios, nr)
-    printf "Median vmm/qemu ratio: %s over %d rounds. Median vmm RSS (outside guest RAM): %s KiB.\n", (m == "n/a" ? m : sprintf("%.2f", m)), nr, median(rss, ns)
+    printf "Medians: vmm bz / qemu bz %s; vmm pvh / qemu bz %s; vmm pvh / qemu pvh %s (%d rounds).\n", med("bz"), med("best"), med("pvh"), n
+    printf "Median vmm RSS outside guest RAM at guest init: %s KiB.\n", median(rss, ns)
 }' "$raw"
 exit "$rc"

@@ -105,7 +105,8 @@ fi
 qemu=$(command -v qemu-system-x86_64)
 copy_with_libs "$qemu" "$l1tree" /usr/bin/qemu-system-x86_64
 for fw in /usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin \
-    /usr/share/qemu/kvmvapic.bin /usr/share/seabios/bios-microvm.bin /usr/share/qemu/qboot.rom; do
+    /usr/share/qemu/kvmvapic.bin /usr/share/qemu/pvh.bin /usr/share/seabios/bios-microvm.bin \
+    /usr/share/qemu/qboot.rom; do
     if [ -e "$fw" ]; then
         install -D -m 0644 "$(readlink -f "$fw")" "$l1tree$fw"
     fi
@@ -122,6 +123,15 @@ fi
 
 # L2: the same Debian kernel as L1, and the L2 initramfs.
 install -D -m 0644 "$vmlinuz" "$l1tree/l2/vmlinuz"
+# The same kernel as an ELF vmlinux, for PVH boot: Debian's bzImage carries it as one xz
+# stream starting at the first FD 37 7A 58 5A 00 (shared/RIG.md). Cached: it is 66 MB.
+if [ ! -s "$OUT/vmlinux" ] || [ "$vmlinuz" -nt "$OUT/vmlinux" ]; then
+    off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$vmlinuz" | head -n 1 | cut -d: -f1)
+    # xz stops reading after the stream, so tail may die of SIGPIPE: that is expected.
+    { tail -c +$((off + 1)) "$vmlinuz" || true; } | xz -dc --single-stream >"$OUT/vmlinux.tmp"
+    mv "$OUT/vmlinux.tmp" "$OUT/vmlinux"
+fi
+install -D -m 0644 "$OUT/vmlinux" "$l1tree/l2/vmlinux"
 install -D -m 0644 "$OUT/l2-initrd.cpio.gz" "$l1tree/l2/initrd.cpio.gz"
 
 # Uncompressed on purpose: L1 runs under TCG, where inflating ~70 MB costs seconds, while

@@ -56,12 +56,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Time budget for one L0 run, in seconds: L1 boot plus, per L2 boot, the L1-side bound of one
-# L2 run (150 s) and some slack. bench-N boots L2 2N+2 times.
+# L2 run (150 s) and some slack. bench-N boots L2 4N+2 times.
 budget_for() {
     local total=120 s
     for s in $(echo "$1" | tr ',' ' '); do
         case "$s" in
-            bench-*) total=$((total + 170 * (2 * ${s#bench-} + 2))) ;;
+            bench-*) total=$((total + 170 * (4 * ${s#bench-} + 2))) ;;
             *) total=$((total + 170)) ;;
         esac
     done

@@ -69,13 +69,8 @@ pub enum Error {
         host_mib: u64,
     },
     /// mmap of guest RAM failed.
-    #[error("cannot allocate {mib} MiB of guest memory: {reason}; choose a smaller --memory")]
-    GuestMemory {
-        /// Size.
-        mib: u64,
-        /// The allocator's reason.
-        reason: String,
-    },
+    #[error(transparent)]
+    GuestMemory(#[from] crate::memory::Error),
     /// /dev/kvm cannot be opened.
     #[error("cannot open /dev/kvm: {source}; {hint}")]
     KvmOpen {
@@ -163,9 +158,14 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         });
     }
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
-    let memory = create_memory(cfg.memory)?;
+    log::debug!("KVM VM created");
+    let memory = crate::memory::create(cfg.memory)?;
     register_memory(&vm, &memory)?;
     setup_irqchip(&vm)?;
+    log::debug!(
+        "guest memory and irqchip ready (RAM at host {:?})",
+        memory.iter().map(|r| r.as_ptr()).collect::<Vec<_>>()
+    );
 
     let exit = Arc::new(GuestExit::new().map_err(os_err("exit eventfd"))?);
     let pio = Arc::new(Bus::new());
@@ -181,11 +181,14 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     };
     let passthrough = crate::passthrough::attach(&setup, &cfg.devices)?;
 
+    log::debug!("devices attached");
     let entry = load_guest(&memory, cfg, &mut kernel, initrd)?;
+    log::debug!("kernel and initramfs loaded");
     write_acpi_tables(&memory, cfg, &passthrough.windows)?;
     arch::regs::write_boot_tables(&memory)?;
 
     let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, &pio, &mmio, &exit)?;
+    log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
         vcpus,
@@ -255,17 +258,6 @@ fn open_kvm() -> Result<Kvm, Error> {
             _ => "check that KVM works on this host",
         };
         Error::KvmOpen { source, hint }
-    })
-}
-
-fn create_memory(size: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges: Vec<_> = ram_ranges(size)
-        .iter()
-        .map(|r| (GuestAddress(r.start), r.len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| Error::GuestMemory {
-        mib: size >> 20,
-        reason: e.to_string(),
     })
 }
 

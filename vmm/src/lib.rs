@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod interrupts;
 pub mod logger;
+pub mod memory;
 pub mod passthrough;
 pub mod vcpu;
 

@@ -2,6 +2,10 @@
 //! comes from `RUST_LOG` (error, warn, info, debug, trace); warnings are shown by default.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static START: OnceLock<Instant> = OnceLock::new();
 
 struct StderrLogger;
 
@@ -19,8 +23,12 @@ impl Log for StderrLogger {
                 Level::Debug => "debug",
                 Level::Trace => "trace",
             };
+            // Milliseconds since start: the debug log doubles as a startup profile.
+            let ms = START
+                .get()
+                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
             // The terminal may be raw: end lines with \r\n so they start at column 0.
-            eprint!("vmm: {level}: {}\r\n", record.args());
+            eprint!("vmm: {level}: [{ms:.1} ms] {}\r\n", record.args());
         }
     }
 
@@ -37,6 +45,7 @@ pub fn level_from(value: Option<&str>) -> LevelFilter {
 /// Installs the logger; later calls do nothing.
 pub fn init() {
     static LOGGER: StderrLogger = StderrLogger;
+    START.get_or_init(Instant::now);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level_from(std::env::var("RUST_LOG").ok().as_deref()));
     }
