@@ -65,10 +65,47 @@ base_tree() {
     fi
 }
 
+# install_modules TREE MODULE...: the modules and their dependencies, in load order (one
+# modprobe per module: with several names modprobe takes the rest as parameters), into
+# TREE/lib/modules/rig with an `order` file that the init scripts insmod from.
+install_modules() {
+    local tree=$1 moddir=$1/lib/modules/rig m ko name n=0
+    shift
+    mkdir -p "$moddir"
+    : >"$moddir/order"
+    for ko in $(for m in "$@"; do modprobe -S "$KVER" --show-depends "$m"; done |
+        awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++'); do
+        n=$((n + 1))
+        name=$(basename "$ko")
+        case "$name" in
+            *.ko.xz) name=${name%.xz}; xz -dc "$ko" >"$moddir/$name" ;;
+            *.ko.zst) name=${name%.zst}; zstd -qdc "$ko" >"$moddir/$name" ;;
+            *) cp "$ko" "$moddir/$name" ;;
+        esac
+        echo "$name" >>"$moddir/order"
+    done
+    if [ "$n" -eq 0 ]; then
+        echo "build.sh: modprobe found no modules for $KVER ($*)" >&2
+        exit 1
+    fi
+}
+
+# --- the guest test module (tests/guest), built against the L2 kernel's headers ---
+guestbuild=$OUT/guest-build
+if [ ! -f "$guestbuild/edu_test.ko" ] || [ "$ROOT/tests/guest/edu_test.c" -nt "$guestbuild/edu_test.ko" ]; then
+    rm -rf "$guestbuild"
+    mkdir -p "$guestbuild"
+    cp "$ROOT/tests/guest/edu_test.c" "$ROOT/tests/guest/Kbuild" "$guestbuild/"
+    make -s -C "/usr/src/linux-headers-$KVER" M="$guestbuild" modules >&2
+fi
+
 # --- L2 initramfs ---
 l2tree=$OUT/l2-tree
 base_tree "$l2tree"
 install -m 0755 "$RIG/l2-init" "$l2tree/init"
+# Drivers the passthrough scenarios use in L2 (not loaded unless a scenario asks).
+install_modules "$l2tree" nvme virtio_pci virtio_rng
+install -m 0644 "$guestbuild/edu_test.ko" "$l2tree/lib/modules/rig/edu_test.ko"
 make_cpio "$l2tree" "$OUT/l2-initrd.cpio"
 gzip -9 -n -f "$OUT/l2-initrd.cpio"
 rm -rf "$l2tree"
@@ -79,26 +116,7 @@ base_tree "$l1tree"
 install -m 0755 "$RIG/l1-init" "$l1tree/init"
 install -m 0755 "$OUT/stamp" "$l1tree/usr/bin/stamp"
 
-# Kernel modules in dependency order (modprobe prints it; dedupe keeps the first).
-moddir=$l1tree/lib/modules/rig
-mkdir -p "$moddir"
-: >"$moddir/order"
-n=0
-for ko in $(modprobe -S "$KVER" --show-depends kvm_amd vfio_pci vfio_iommu_type1 |
-    awk '$1 == "insmod" {print $2}' | awk '!seen[$0]++'); do
-    n=$((n + 1))
-    name=$(basename "$ko")
-    case "$name" in
-        *.ko.xz) name=${name%.xz}; xz -dc "$ko" >"$moddir/$name" ;;
-        *.ko.zst) name=${name%.zst}; zstd -qdc "$ko" >"$moddir/$name" ;;
-        *) cp "$ko" "$moddir/$name" ;;
-    esac
-    echo "$name" >>"$moddir/order"
-done
-if [ "$n" -eq 0 ]; then
-    echo "build.sh: modprobe found no modules for $KVER" >&2
-    exit 1
-fi
+install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic
 
 # QEMU and the firmware it opens for -M pc/q35/microvm with -kernel and -nodefaults (found with
 # strace: bios-256k.bin, linuxboot_dma.bin, kvmvapic.bin; microvm adds bios-microvm.bin).

@@ -37,9 +37,11 @@ KVER=$(cat "$OUT/kver")
 rm -f "$OUT"/console-*.log
 
 # The NVMe disk behind L1's 00:04.0 (content irrelevant; later VFIO scenarios use the device).
-if [ ! -f "$OUT/nvme.img" ]; then
-    truncate -s 16M "$OUT/nvme.img"
+# Random content, so the vfio-nvme scenario can check what L2 reads against this checksum.
+if [ ! -s "$OUT/nvme.img" ] || [ "$(head -c 4096 "$OUT/nvme.img" | tr -d '\0' | wc -c)" = 0 ]; then
+    head -c 16M /dev/urandom >"$OUT/nvme.img"
 fi
+NVME_SUM=$(sha256sum "$OUT/nvme.img" | cut -d' ' -f1)
 
 now() { date +%s; }
 
@@ -89,7 +91,7 @@ boot_l0() {
         -device pci-bridge,id=br1,chassis_nr=1 -device edu,bus=br1,addr=1 -device edu,bus=br1,addr=2 \
         -device virtio-rng-pci,iommu_platform=on,disable-legacy=on \
         -kernel "/boot/vmlinuz-$KVER" -initrd "$OUT/l1-initrd.cpio" \
-        -append "console=ttyS0 panic=-1 quiet intel_iommu=on rig.scenarios=$scen ${RIG_L1_APPEND:-}" \
+        -append "console=ttyS0 panic=-1 quiet intel_iommu=on rig.scenarios=$scen rig.nvme_sum=$NVME_SUM ${RIG_L1_APPEND:-}" \
         -nographic -no-reboot -monitor "unix:$sock,server,nowait" \
         </dev/null >"$log" 2>&1 &
     pid=$!
