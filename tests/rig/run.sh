@@ -71,7 +71,7 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |ERRMSG)'
 
 # boot_l0 N SCENARIOS: one L0 run; console in console-N.log. Sets L0_END to
 # done (RIG-DONE seen), frozen (watchdog/budget fired) or exited (L0 ended without RIG-DONE).

@@ -1,0 +1,67 @@
+//! End-to-end interrupt tests in the rig (see `rig.rs`): edu raises interrupts that the L2
+//! guest's driver counts, through INTx (irqfd + resample) and MSI, and NVMe uses MSI-X.
+
+#[path = "rig.rs"]
+mod rig;
+
+use rig::num;
+
+const SCENARIOS: &str = "vfio-edu-intx,vfio-edu-msi,vfio-edu-modes,vfio-nvme";
+
+fn run() -> &'static rig::RigRun {
+    rig::rig(SCENARIOS)
+}
+
+/// The guest's count for `scenario`: 1000 raised, 1000 handled, none lost or spurious.
+fn all_delivered(scenario: &str) {
+    let f = run().facts(scenario);
+    assert_eq!(num(f, "status"), 0, "{f:?}");
+    let line = run()
+        .lines("RIG-EDU-IRQ")
+        .into_iter()
+        .find(|l| l.contains(&format!("scenario={scenario} ")))
+        .unwrap_or_else(|| panic!("no RIG-EDU-IRQ line for {scenario}"));
+    let facts = rig::parse_facts(line);
+    assert_eq!(num(&facts, "irqs"), 1000, "{line}");
+    assert_eq!(num(&facts, "handled"), 1000, "{line}");
+    assert_eq!(num(&facts, "lost"), 0, "{line}");
+    assert_eq!(num(&facts, "spurious"), 0, "{line}");
+}
+
+#[test]
+fn edu_intx_1000_of_1000() {
+    all_delivered("vfio-edu-intx");
+}
+
+#[test]
+fn edu_msi_1000_of_1000() {
+    all_delivered("vfio-edu-msi");
+}
+
+#[test]
+fn intx_then_msi_then_intx_in_one_boot() {
+    // l1-init checks three results in order intx,msi,intx, each 1000/1000.
+    assert_eq!(num(run().facts("vfio-edu-modes"), "status"), 0);
+}
+
+#[test]
+fn nvme_msix_every_queue_vector_counts() {
+    let f = run().facts("vfio-nvme");
+    assert_eq!(num(f, "status"), 0, "{f:?}");
+    let irqs: Vec<_> = run()
+        .lines("RIG-IRQ ")
+        .into_iter()
+        .map(rig::parse_facts)
+        .collect();
+    let io_queues: Vec<_> = irqs
+        .iter()
+        .filter(|f| {
+            f.get("name")
+                .is_some_and(|n| n.starts_with("nvme0q") && n != "nvme0q0")
+        })
+        .collect();
+    assert!(!io_queues.is_empty(), "no I/O queue vectors: {irqs:?}");
+    for q in io_queues {
+        assert!(num(q, "count") > 0, "{q:?}");
+    }
+}
