@@ -3,17 +3,19 @@
 
 use crate::BusDevice;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial as Uart, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// An `EventFd` that vm-superio can trigger.
-pub struct EventFdTrigger(EventFd);
+/// An `EventFd` that vm-superio can trigger; counts the interrupts it raised.
+pub struct EventFdTrigger(EventFd, AtomicU64);
 
 impl Trigger for EventFdTrigger {
     type E = io::Error;
 
     fn trigger(&self) -> io::Result<()> {
+        self.1.fetch_add(1, Ordering::Relaxed);
         self.0.write(1)
     }
 }
@@ -28,8 +30,13 @@ impl<W: Write + Send> Serial<W> {
     pub fn new(out: W) -> io::Result<(Self, EventFd)> {
         let evt = EventFd::new(EFD_NONBLOCK)?;
         let irq = evt.try_clone()?;
-        let uart = Uart::new(EventFdTrigger(evt), out);
+        let uart = Uart::new(EventFdTrigger(evt, AtomicU64::new(0)), out);
         Ok((Self { uart }, irq))
+    }
+
+    /// Interrupts raised so far (each one is the VMM injecting an interrupt).
+    pub fn interrupts(&self) -> u64 {
+        self.uart.interrupt_evt().1.load(Ordering::Relaxed)
     }
 
     /// Free room in the receive FIFO.
@@ -98,6 +105,7 @@ mod tests {
         uart.write(0, b"i");
         assert_eq!(sink.0.lock().unwrap().as_slice(), b"hi");
         assert!(irq.read().is_ok(), "THRE interrupt raised");
+        assert_eq!(uart.interrupts(), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod rig;
 use rig::num;
 
 const SCENARIOS: &str = "vfio-edu,vfio-edu-long,vfio-edu-sysfs,vfio-edu-devices,vfio-group,\
-vfio-nvme,vfio-not-viable,vfio-bad-bdf,vfio-no-device,vfio-not-bound,vfio-kill9";
+vfio-nvme,vfio-not-viable,vfio-bad-bdf,vfio-no-device,vfio-not-bound,vfio-memlock,vfio-kill9";
 
 fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
@@ -76,6 +76,11 @@ fn malformed_bdf_is_rejected() {
 #[test]
 fn missing_device_is_rejected() {
     assert_eq!(num(run().facts("vfio-no-device"), "status"), 1);
+}
+
+#[test]
+fn memlock_too_low_says_how_much_is_needed() {
+    assert_eq!(num(run().facts("vfio-memlock"), "status"), 1);
 }
 
 #[test]

@@ -8,7 +8,8 @@
  * device's raise register, each acknowledged by the handler, timing the round trip.
  *
  * Module parameters: irq_mode=none|intx|msi (default none), irqs=N (default 1000),
- * dma_len=N bytes (default 3000, below the 4096-byte buffer: see RIG.md).
+ * dma_len=N bytes (default 3000, below the 4096-byte buffer: see RIG.md), mmio_reads=N
+ * (default 0: that many reads of the ident register, timed, for BAR read throughput).
  */
 #include <linux/module.h>
 #include <linux/pci.h>
@@ -37,6 +38,8 @@ static int irqs = 1000;
 module_param(irqs, int, 0444);
 static int dma_len = 3000;
 module_param(dma_len, int, 0444);
+static int mmio_reads;
+module_param(mmio_reads, int, 0444);
 
 struct edu {
 	void __iomem *bar;
@@ -166,6 +169,17 @@ static int edu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	pr_err("EDU-RESULT dev=%s ident=%#x live=%#x bar0=%pR\n", pci_name(pdev), ident, live,
 	       &pdev->resource[0]);
 	edu_dma(edu, pdev);
+	if (mmio_reads > 0) {
+		u64 start = ktime_get_ns(), ns;
+		u32 bad = 0;
+		int i;
+
+		for (i = 0; i < mmio_reads; i++)
+			bad += ioread32(edu->bar + EDU_IDENT) != 0x010000ed;
+		ns = ktime_get_ns() - start;
+		pr_err("EDU-RESULT mmio_reads=%d ns=%llu reads_per_s=%llu wrong=%u\n", mmio_reads, ns,
+		       ns ? (u64)mmio_reads * 1000000000ULL / ns : 0, bad);
+	}
 	if (strcmp(irq_mode, "none"))
 		edu_irq_test(edu, pdev);
 	pci_set_drvdata(pdev, edu);

@@ -63,6 +63,7 @@ budget_for() {
     local total=120 s
     for s in $(echo "$1" | tr ',' ' '); do
         case "$s" in
+            bench-dev-*) total=$((total + 170 * (8 * ${s#bench-dev-} + 2))) ;;
             bench-*) total=$((total + 170 * (4 * ${s#bench-} + 2))) ;;
             *) total=$((total + 170)) ;;
         esac
@@ -71,7 +72,9 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |ERRMSG)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |IRQ-STATS|RNG-CHECK|ERRMSG)'
+# RIG_SHOW_ALL=1 (tests/rig/demo): the whole console, L2 guest included.
+[ "${RIG_SHOW_ALL:-0}" = 1 ] && SHOW=.
 
 # boot_l0 N SCENARIOS: one L0 run; console in console-N.log. Sets L0_END to
 # done (RIG-DONE seen), frozen (watchdog/budget fired) or exited (L0 ended without RIG-DONE).

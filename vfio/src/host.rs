@@ -79,10 +79,10 @@ pub enum Error {
         reason: String,
     },
     /// RLIMIT_MEMLOCK lower than the guest RAM that must be pinned.
-    #[error("the locked-memory limit is {limit_mib} MiB but all {needed_mib} MiB of guest RAM must be pinned for device DMA: raise it (ulimit -l {needed_kib}, LimitMEMLOCK= for a systemd unit, or memlock in /etc/security/limits.conf), or run as root")]
+    #[error("the locked-memory limit is {limit_kib} KiB but all {needed_mib} MiB of guest RAM must be pinned for device DMA: raise it to {needed_kib} KiB or more (ulimit -l {needed_kib}, LimitMEMLOCK= for a systemd unit, or memlock in /etc/security/limits.conf), or run as root")]
     Memlock {
-        /// Current soft limit.
-        limit_mib: u64,
+        /// Current soft limit, KiB.
+        limit_kib: u64,
         /// Needed.
         needed_mib: u64,
         /// Needed, in the KiB `ulimit -l` takes.
@@ -386,7 +386,7 @@ fn memlock_verdict(limit: libc::rlim_t, bytes: u64) -> Result<(), Error> {
         return Ok(());
     }
     Err(Error::Memlock {
-        limit_mib: limit >> 20,
+        limit_kib: limit >> 10,
         needed_mib: bytes.div_ceil(1 << 20),
         needed_kib: bytes.div_ceil(1 << 10),
     })
@@ -418,9 +418,9 @@ mod tests {
             .to_string();
         assert_eq!(
             e,
-            "the locked-memory limit is 0 MiB but all 512 MiB of guest RAM must be pinned for \
-             device DMA: raise it (ulimit -l 524288, LimitMEMLOCK= for a systemd unit, or \
-             memlock in /etc/security/limits.conf), or run as root"
+            "the locked-memory limit is 64 KiB but all 512 MiB of guest RAM must be pinned for \
+             device DMA: raise it to 524288 KiB or more (ulimit -l 524288, LimitMEMLOCK= for a \
+             systemd unit, or memlock in /etc/security/limits.conf), or run as root"
         );
     }
 

@@ -139,6 +139,12 @@ pub struct Vm {
     pub memory: GuestMemoryMmap,
     /// The PCI bus, and passed-through devices with their container.
     pub passthrough: crate::passthrough::Passthrough,
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// vCPU exits by kind.
+    pub exits: Arc<crate::stats::ExitCounts>,
 }
 
 /// Builds the VM described by `cfg`.
@@ -187,7 +193,13 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     write_acpi_tables(&memory, cfg, &passthrough.windows)?;
     arch::regs::write_boot_tables(&memory)?;
 
-    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, &pio, &mmio, &exit)?;
+    let exits = Arc::new(crate::stats::ExitCounts::default());
+    let routes = || crate::vcpu::Routes {
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        exits: exits.clone(),
+    };
+    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, routes, &exit)?;
     log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
@@ -196,6 +208,9 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         vm,
         memory,
         passthrough,
+        pio,
+        mmio,
+        exits,
     })
 }
 
@@ -307,19 +322,22 @@ fn attach_legacy_devices(
     // The irqfd holds its own reference to the eventfd; the UART keeps the other end.
     drop(irq);
     let serial = Arc::new(Mutex::new(serial));
-    pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
-    pio.insert(
+    pio.insert_named("com1", serial.clone(), u64::from(COM1_PORT), 8)?;
+    pio.insert_named(
+        "i8042",
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         u64::from(I8042_PORT),
         5,
     )?;
-    pio.insert(
+    pio.insert_named(
+        "acpi-pm",
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
         u64::from(ACPI_PM_PORT),
         2,
     )?;
     if let Some(port) = cfg.debug_exit {
-        pio.insert(
+        pio.insert_named(
+            "debug-exit",
             Arc::new(Mutex::new(DebugExit::new(exit.clone()))),
             u64::from(port),
             1,
@@ -459,8 +477,7 @@ fn create_vcpus(
     vm: &VmFd,
     count: u8,
     entry: Entry,
-    pio: &Arc<Bus>,
-    mmio: &Arc<Bus>,
+    routes: impl Fn() -> crate::vcpu::Routes,
     exit: &Arc<GuestExit>,
 ) -> Result<Vec<Vcpu>, Error> {
     let supported = kvm
@@ -483,8 +500,7 @@ fn create_vcpus(
             Ok(Vcpu {
                 fd,
                 index,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
+                routes: routes(),
                 exit: exit.clone(),
             })
         })

@@ -23,6 +23,8 @@ Options:
   --debug-exit[=PORT]    a guest write of byte V to PORT [default: 0xf4] ends vmm with
                          status (V << 1) | 1 (QEMU's isa-debug-exit convention)
   --timeout SECS         stop a guest still running after SECS seconds (status 124)
+  --stats[=json]         on exit, print on stderr what vmm's userspace handled: vCPU exits
+                         by kind, trapped accesses per device, interrupts it injected
   -h, --help             print this help
   -V, --version          print the version
 
@@ -219,6 +221,8 @@ pub struct VmConfig {
     pub debug_exit: Option<u16>,
     /// Stop the guest after this many seconds.
     pub timeout: Option<u64>,
+    /// Print counters on exit.
+    pub stats: Option<crate::stats::Format>,
 }
 
 /// Parses a size: plain bytes or a number with K, M, G or T (binary units; "MiB", "MB"
@@ -270,6 +274,7 @@ impl Command {
             devices: Vec::new(),
             debug_exit: None,
             timeout: None,
+            stats: None,
         };
         while let Some(arg) = args.next() {
             let (name, inline) = match arg.split_once('=') {
@@ -310,6 +315,13 @@ impl Command {
                             }
                         },
                         None => DEBUG_EXIT_PORT,
+                    })
+                }
+                "--stats" => {
+                    cfg.stats = Some(match inline.as_deref() {
+                        None | Some("text") => crate::stats::Format::Text,
+                        Some("json") => crate::stats::Format::Json,
+                        Some(v) => return err(format!("--stats={v}: use --stats or --stats=json")),
                     })
                 }
                 "--timeout" => {
@@ -429,6 +441,7 @@ mod tests {
             "--device",
             "--debug-exit",
             "--timeout",
+            "--stats",
         ] {
             assert!(HELP.contains(opt), "help documents {opt}");
         }
@@ -481,6 +494,10 @@ mod tests {
         rejects(&["--kernel", "k", "--timeout", "0"], "--timeout 0");
         rejects(&["--kernel", "k", "--timeout", "soon"], "seconds");
         rejects(&["--kernel", "k", "--debug-exit=0x10000"], "I/O port");
+        rejects(
+            &["--kernel", "k", "--stats=xml"],
+            "--stats=xml: use --stats or --stats=json",
+        );
     }
 
     #[test]

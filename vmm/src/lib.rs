@@ -11,6 +11,7 @@ pub mod interrupts;
 pub mod logger;
 pub mod memory;
 pub mod passthrough;
+pub mod stats;
 pub mod vcpu;
 
 use config::VmConfig;
@@ -99,7 +100,7 @@ fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// Builds and runs the guest; returns why it stopped.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
-    let vm = builder::build(cfg)?;
+    let mut vm = builder::build(cfg)?;
     let mut events: EventManager<Box<dyn MutEventSubscriber>> =
         EventManager::new().map_err(|e| Error::Os {
             what: "create the event loop",
@@ -124,11 +125,17 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
     }
 
     console::enter_raw_mode();
-    for vcpu in vm.vcpus {
+    for vcpu in vm.vcpus.drain(..) {
         vcpu.spawn().map_err(os_err("start a vCPU thread"))?;
     }
     loop {
         if let Some(reason) = vm.exit.reason() {
+            if let Some(format) = cfg.stats {
+                let serial = vm.serial.lock().map_or(0, |s| s.interrupts());
+                let injected = vec![("serial".to_string(), serial)];
+                let report = stats::Report::collect(&vm.exits, &vm.pio, &vm.mmio, injected);
+                eprintln!("{}", report.render(format));
+            }
             return Ok(reason);
         }
         if let Err(e) = events.run() {

@@ -1,6 +1,7 @@
 //! A vCPU on its own named thread: run, route each exit to the PIO or MMIO bus, stop on
 //! the first exit reason. [`handle_exit`] is a plain function so it can be tested alone.
 
+use crate::stats::ExitCounts;
 use devices::{Bus, ExitReason, GuestExit};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::Arc;
@@ -22,23 +23,38 @@ pub enum Action {
     Crash(String),
 }
 
+/// The buses a vCPU routes to and the exit counters it keeps.
+pub struct Routes {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Exits by kind.
+    pub exits: Arc<ExitCounts>,
+}
+
 /// Routes one exit. Reads nobody answers return all ones, as on real hardware.
-pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
+pub fn handle_exit(exit: VcpuExit<'_>, routes: &Routes) -> Action {
+    let (pio, mmio, counts) = (&routes.pio, &routes.mmio, &routes.exits);
     match exit {
         VcpuExit::IoIn(port, data) => {
+            ExitCounts::bump(&counts.io_in);
             if !pio.read(u64::from(port), data) {
                 data.fill(0xff);
             }
         }
         VcpuExit::IoOut(port, data) => {
+            ExitCounts::bump(&counts.io_out);
             pio.write(u64::from(port), data);
         }
         VcpuExit::MmioRead(addr, data) => {
+            ExitCounts::bump(&counts.mmio_read);
             if !mmio.read(addr, data) {
                 data.fill(0xff);
             }
         }
         VcpuExit::MmioWrite(addr, data) => {
+            ExitCounts::bump(&counts.mmio_write);
             mmio.write(addr, data);
         }
         VcpuExit::Shutdown => return Action::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()),
@@ -55,7 +71,10 @@ pub fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Action {
         VcpuExit::SystemEvent(kind, _) => return Action::Crash(format!("KVM system event {kind}")),
         // With the in-kernel irqchip, HLT is handled by KVM; anything else is harmless to
         // resume from.
-        other => log::debug!("vcpu: ignored exit {other:?}"),
+        other => {
+            ExitCounts::bump(&counts.other);
+            log::debug!("vcpu: ignored exit {other:?}");
+        }
     }
     Action::Continue
 }
@@ -66,10 +85,8 @@ pub struct Vcpu {
     pub fd: VcpuFd,
     /// Index (= APIC ID).
     pub index: u8,
-    /// Port I/O bus.
-    pub pio: Arc<Bus>,
-    /// MMIO bus.
-    pub mmio: Arc<Bus>,
+    /// Where exits go.
+    pub routes: Routes,
     /// Where to report why the guest stopped.
     pub exit: Arc<GuestExit>,
 }
@@ -85,7 +102,7 @@ impl Vcpu {
     fn run(mut self) {
         loop {
             let action = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &self.pio, &self.mmio),
+                Ok(exit) => handle_exit(exit, &self.routes),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
                 Err(e) => Action::Crash(format!("KVM_RUN failed: {e}")),
             };
@@ -160,29 +177,29 @@ mod tests {
             .unwrap();
         let mut data = [0u8; 2];
         assert_eq!(
-            handle_exit(VcpuExit::IoIn(0x71, &mut data), &pio, &mmio),
+            handle_exit(VcpuExit::IoIn(0x71, &mut data), &r),
             Action::Continue
         );
         assert_eq!(data, [7, 7]);
-        handle_exit(VcpuExit::IoOut(0x70, &[9]), &pio, &mmio);
-        handle_exit(VcpuExit::IoIn(0x70, &mut data), &pio, &mmio);
+        handle_exit(VcpuExit::IoOut(0x70, &[9]), &r);
+        handle_exit(VcpuExit::IoIn(0x70, &mut data), &r);
         assert_eq!(data, [9, 9]);
-        handle_exit(VcpuExit::IoIn(0x80, &mut data), &pio, &mmio);
+        handle_exit(VcpuExit::IoIn(0x80, &mut data), &r);
         assert_eq!(data, [0xff, 0xff]);
         let mut word = [0u8; 4];
-        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut word), &pio, &mmio);
+        handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut word), &r);
         assert_eq!(word, [0xff; 4]);
     }
 
     #[test]
     fn shutdown_is_a_crash_and_system_events_stop() {
-        let bus = Bus::new();
+        let r = routes();
         assert!(matches!(
-            handle_exit(VcpuExit::Shutdown, &bus, &bus),
+            handle_exit(VcpuExit::Shutdown, &r),
             Action::Crash(m) if m.contains("triple fault")
         ));
         assert_eq!(
-            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]), &bus, &bus),
+            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, &[]), &r),
             Action::Stop(ExitReason::Reset)
         );
         assert_eq!(
@@ -194,7 +211,7 @@ mod tests {
             Action::Stop(ExitReason::Poweroff)
         );
         assert!(matches!(
-            handle_exit(VcpuExit::InternalError, &bus, &bus),
+            handle_exit(VcpuExit::InternalError, &r),
             Action::Crash(_)
         ));
     }

@@ -168,6 +168,23 @@ fn stdin_reaches_the_guest_uart() {
 }
 
 #[test]
+fn stats_count_what_userspace_handled() {
+    let code = [print(b"abc"), out_imm(0xf4, 0), HLT_LOOP.to_vec()].concat();
+    let guest = Guest::new("stats", &code);
+    let out = guest.run(&["--debug-exit", "--stats", "--timeout", "20"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("vmm stats exits: io_in=0 io_out=4 "), "{err}");
+    assert!(err.contains("pio:com1=3 pio:debug-exit=1"), "{err}");
+    let out = guest.run(&["--debug-exit", "--stats=json", "--timeout", "20"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("{\"exits\":{\"io_in\":0,\"io_out\":4,"),
+        "{err}"
+    );
+    assert!(err.contains("\"pio:com1\":3"), "{err}");
+}
+
+#[test]
 fn debug_exit_on_another_port_and_zero_value() {
     let code = [mov_dx(0x501), out_bytes(&[0]), HLT_LOOP.to_vec()].concat();
     let out = Guest::new("port501", &code).run(&["--debug-exit=0x501", "--timeout", "20"]);

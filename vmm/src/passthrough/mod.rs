@@ -137,6 +137,8 @@ enum Part {
         len: u64,
         handler: Arc<Mutex<dyn BusDevice>>,
         base: Option<u64>,
+        /// For `--stats`: "DEVICE BARn".
+        name: String,
     },
 }
 
@@ -194,6 +196,7 @@ impl BarMapper {
                             offset: seg.offset,
                         })),
                         base: None,
+                        name: format!("{name} BAR{bar}"),
                     },
                 });
             }
@@ -267,9 +270,10 @@ impl BarMapper {
                 len,
                 handler,
                 base: at,
+                name,
             } => match self
                 .bus(is_io)
-                .insert(handler.clone(), base + *offset, *len)
+                .insert_named(name, handler.clone(), base + *offset, *len)
             {
                 Ok(()) => *at = Some(base + *offset),
                 Err(e) => log::warn!("guest put a BAR where it clashes: {e}; left unmapped"),
@@ -385,7 +389,8 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         mapper: mapper.clone(),
         devices: devices.clone(),
     };
-    setup.pio.insert(
+    setup.pio.insert_named(
+        "pci-config",
         Arc::new(Mutex::new(io)),
         pci::PCI_CONFIG_IO_PORT,
         pci::PCI_CONFIG_IO_SIZE,
@@ -396,9 +401,12 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         mapper,
         devices: devices.clone(),
     };
-    setup
-        .mmio
-        .insert(Arc::new(Mutex::new(ecam)), PCI_ECAM_START, pci::ECAM_SIZE)?;
+    setup.mmio.insert_named(
+        "pci-ecam",
+        Arc::new(Mutex::new(ecam)),
+        PCI_ECAM_START,
+        pci::ECAM_SIZE,
+    )?;
     Ok(Passthrough {
         host,
         windows,
