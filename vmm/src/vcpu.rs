@@ -169,11 +169,19 @@ mod tests {
         }
     }
 
+    fn routes() -> Routes {
+        Routes {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            exits: Arc::new(ExitCounts::default()),
+        }
+    }
+
     #[test]
     fn io_is_routed_and_unclaimed_reads_float_high() {
-        let pio = Bus::new();
-        let mmio = Bus::new();
-        pio.insert(Arc::new(Mutex::new(Answer(7))), 0x70, 2)
+        let r = routes();
+        r.pio
+            .insert(Arc::new(Mutex::new(Answer(7))), 0x70, 2)
             .unwrap();
         let mut data = [0u8; 2];
         assert_eq!(
@@ -186,6 +194,7 @@ mod tests {
         assert_eq!(data, [9, 9]);
         handle_exit(VcpuExit::IoIn(0x80, &mut data), &r);
         assert_eq!(data, [0xff, 0xff]);
+        assert_eq!(r.exits.io_in.load(std::sync::atomic::Ordering::Relaxed), 3);
         let mut word = [0u8; 4];
         handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut word), &r);
         assert_eq!(word, [0xff; 4]);
@@ -203,11 +212,7 @@ mod tests {
             Action::Stop(ExitReason::Reset)
         );
         assert_eq!(
-            handle_exit(
-                VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]),
-                &bus,
-                &bus
-            ),
+            handle_exit(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, &[]), &r),
             Action::Stop(ExitReason::Poweroff)
         );
         assert!(matches!(
