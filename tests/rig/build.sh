@@ -92,11 +92,16 @@ install_modules() {
 
 # --- the guest test module (tests/guest), built against the L2 kernel's headers ---
 guestbuild=$OUT/guest-build
-if [ ! -f "$guestbuild/edu_test.ko" ] || [ "$ROOT/tests/guest/edu_test.c" -nt "$guestbuild/edu_test.ko" ]; then
+stale=0
+for src in "$ROOT"/tests/guest/*.c "$ROOT/tests/guest/Kbuild"; do
+    [ "$src" -nt "$guestbuild/.built" ] && stale=1
+done
+if [ ! -f "$guestbuild/.built" ] || [ "$stale" = 1 ]; then
     rm -rf "$guestbuild"
     mkdir -p "$guestbuild"
-    cp "$ROOT/tests/guest/edu_test.c" "$ROOT/tests/guest/Kbuild" "$guestbuild/"
+    cp "$ROOT"/tests/guest/*.c "$ROOT/tests/guest/Kbuild" "$guestbuild/"
     make -s -C "/usr/src/linux-headers-$KVER" M="$guestbuild" modules >&2
+    touch "$guestbuild/.built"
 fi
 
 # --- L2 initramfs ---
@@ -105,7 +110,7 @@ base_tree "$l2tree"
 install -m 0755 "$RIG/l2-init" "$l2tree/init"
 # Drivers the passthrough scenarios use in L2 (not loaded unless a scenario asks).
 install_modules "$l2tree" nvme virtio_pci virtio_rng
-install -m 0644 "$guestbuild/edu_test.ko" "$l2tree/lib/modules/rig/edu_test.ko"
+install -m 0644 "$guestbuild/edu_test.ko" "$guestbuild/msix_mask_test.ko" "$l2tree/lib/modules/rig/"
 make_cpio "$l2tree" "$OUT/l2-initrd.cpio"
 gzip -9 -n -f "$OUT/l2-initrd.cpio"
 rm -rf "$l2tree"

@@ -72,7 +72,7 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |IRQ-STATS|RNG-CHECK|ERRMSG)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |IRQ-STATS|RNG-CHECK|MSIX |ERRMSG)'
 # RIG_SHOW_ALL=1 (tests/rig/demo): the whole console, L2 guest included.
 [ "${RIG_SHOW_ALL:-0}" = 1 ] && SHOW=.
 
