@@ -26,7 +26,7 @@
 #define CAUSE_RXQ0	(1u << 20)
 #define CAUSE_TXQ0	(1u << 22)
 /* IVAR: RXQ0 -> vector 0 (valid), TXQ0 -> vector 1 (valid); other causes unrouted. */
-#define IVAR_VALUE	(0x8u | (0x9u << 16))
+#define IVAR_VALUE	(0x8u | (0x9u << 8))
 
 struct msix_test {
 	void __iomem *bar;
