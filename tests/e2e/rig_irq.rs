@@ -102,9 +102,9 @@ fn virtio_msix_vectors_count() {
     );
 }
 
-/// e1000e: a masked MSI-X vector raised by the device is not delivered; on unmask it arrives
-/// exactly once; another vector is delivered meanwhile (l1-init checks
-/// `before=1 masked=1 other=1 after=2`).
+/// e1000e: a masked MSI-X vector raised by the device is not delivered and shows in the PBA;
+/// on unmask it arrives exactly once and the PBA bit clears; another vector is delivered
+/// meanwhile.
 #[test]
 fn msix_per_vector_mask() {
     let f = run().facts("vfio-msix-mask");

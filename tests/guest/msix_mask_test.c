@@ -8,7 +8,9 @@
  *   raise RXQ0 (vector 0)                  -> delivered once        (before=1)
  *   mask vector 0 in the MSI-X table, raise -> nothing delivered    (masked=1)
  *   raise TXQ0 (vector 1) meanwhile        -> delivered             (other=1)
+ *   the PBA meanwhile                      -> bit 0 set             (pba=1)
  *   unmask vector 0                        -> the pending one, once (after=2)
+ *   the PBA then                           -> bit 0 clear           (pba_after=0)
  */
 #include <linux/module.h>
 #include <linux/pci.h>
@@ -53,6 +55,22 @@ static irqreturn_t vec1_irq(int irq, void *data)
 	return vec_irq(irq, data, 1, CAUSE_TXQ0);
 }
 
+/* Bit 0 of the MSI-X Pending Bit Array, read from the device's BAR like any driver would. */
+static int pba_bit0(struct pci_dev *pdev)
+{
+	u32 pba_reg;
+	void __iomem *bar;
+	int val;
+
+	pci_read_config_dword(pdev, pdev->msix_cap + PCI_MSIX_PBA, &pba_reg);
+	bar = pci_iomap_range(pdev, pba_reg & PCI_MSIX_PBA_BIR, pba_reg & PCI_MSIX_PBA_OFFSET, 8);
+	if (!bar)
+		return -1;
+	val = ioread32(bar) & 1;
+	pci_iounmap(pdev, bar);
+	return val;
+}
+
 static void raise_cause(struct msix_test *t, u32 cause)
 {
 	iowrite32(cause, t->bar + E1000_ICS);
@@ -62,7 +80,7 @@ static void raise_cause(struct msix_test *t, u32 cause)
 static int msix_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
 	struct msix_test *t;
-	int err, irq0, irq1, before, masked, other, after;
+	int err, irq0, irq1, before, masked, other, after, pba, pba_after;
 
 	t = devm_kzalloc(&pdev->dev, sizeof(*t), GFP_KERNEL);
 	if (!t)
@@ -100,13 +118,15 @@ static int msix_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	masked = atomic_read(&t->count[0]);
 	raise_cause(t, CAUSE_TXQ0);
 	other = atomic_read(&t->count[1]);
+	pba = pba_bit0(pdev);
 
 	pci_msi_unmask_irq(irq_get_irq_data(irq0));
 	msleep(300);
 	after = atomic_read(&t->count[0]);
+	pba_after = pba_bit0(pdev);
 
-	pr_err("MSIX-RESULT vectors=%d before=%d masked=%d other=%d after=%d\n", err, before,
-	       masked, other, after);
+	pr_err("MSIX-RESULT vectors=%d pba=%d pba_after=%d before=%d masked=%d other=%d after=%d\n",
+	       err, pba, pba_after, before, masked, other, after);
 	free_irq(irq0, t);
 	free_irq(irq1, t);
 	pci_free_irq_vectors(pdev);

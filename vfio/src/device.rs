@@ -134,6 +134,11 @@ impl<B: VfioBackend> VfioPciDevice<B> {
         }
     }
 
+    /// Where the MSI-X PBA lives, if the device has MSI-X.
+    pub fn msix_pba(&self) -> Option<crate::msix::BarArea> {
+        self.msix.as_ref().map(|m| m.pba_area())
+    }
+
     /// Interrupt capability changes since the last call, oldest first, without duplicates.
     pub fn take_interrupt_changes(&mut self) -> Vec<InterruptChange> {
         std::mem::take(&mut self.changes)

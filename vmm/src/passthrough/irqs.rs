@@ -148,6 +148,19 @@ impl DeviceIrqs {
         }
     }
 
+    /// Sets the MSI-X pending bit of each masked vector whose eventfd has a count (it fired
+    /// while masked), and clears the others. Polling does not consume the count, so the
+    /// interrupt is still delivered when the vector is unmasked.
+    pub fn refresh_pending(&self, dev: &mut VfioPciDevice<HostDevice>) {
+        if self.mode != Mode::Msix {
+            return;
+        }
+        for (n, v) in self.vectors.iter().enumerate() {
+            let pending = !v.irqfd && readable(&v.efd);
+            dev.set_msix_pending(n as u16, pending);
+        }
+    }
+
     /// Routes each vector to its current message; wires the unmasked ones. A vector that
     /// fired while masked has a count in its eventfd, which KVM delivers when the irqfd is
     /// registered on unmask: exactly once.
@@ -171,6 +184,18 @@ impl DeviceIrqs {
             }
         }
     }
+}
+
+/// Whether the eventfd has a non-zero count, without reading it.
+fn readable(efd: &EventFd) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: efd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLIN != 0 }
 }
 
 /// MSI-X if enabled, else MSI if enabled, else INTx when the device has a pin.

@@ -115,7 +115,16 @@ struct TrappedPart {
 
 impl BusDevice for TrappedPart {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.device.model).bar_read(self.bar, self.offset + offset, data);
+        let at = self.offset + offset;
+        let mut model = lock(&self.device.model);
+        // The PBA shows which masked vectors fired: their eventfds hold a count.
+        if model
+            .msix_pba()
+            .is_some_and(|a| a.bar == self.bar && a.range.contains(&at))
+        {
+            lock(&self.device.irqs).refresh_pending(&mut model);
+        }
+        model.bar_read(self.bar, at, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
