@@ -104,15 +104,27 @@ fn virtio_msix_vectors_count() {
 
 /// e1000e: a masked MSI-X vector raised by the device is not delivered and shows in the PBA;
 /// on unmask it arrives exactly once and the PBA bit clears; another vector is delivered
-/// meanwhile.
+/// meanwhile. (The emulated e1000e sometimes fires an unmasked vector twice for one cause,
+/// under QEMU's vfio-pci too, so the counts are compared rather than fixed.)
 #[test]
 fn msix_per_vector_mask() {
     let f = run().facts("vfio-msix-mask");
     assert_eq!(num(f, "status"), 0, "{f:?}");
-    let line = run().lines("RIG-MSIX ");
-    assert_eq!(line.len(), 1, "{line:?}");
-    assert!(
-        line[0].ends_with("before=1 masked=1 other=1 after=2"),
-        "{line:?}"
+    let lines = run().lines("RIG-MSIX ");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let m = rig::parse_facts(lines[0]);
+    assert_eq!(num(&m, "pba"), 1, "pending bit while masked: {lines:?}");
+    assert_eq!(num(&m, "pba_after"), 0, "{lines:?}");
+    assert!(num(&m, "before") >= 1, "{lines:?}");
+    assert_eq!(
+        num(&m, "masked"),
+        num(&m, "before"),
+        "delivered while masked: {lines:?}"
     );
+    assert_eq!(
+        num(&m, "after"),
+        num(&m, "masked") + 1,
+        "not exactly once: {lines:?}"
+    );
+    assert!(num(&m, "other") >= 1, "{lines:?}");
 }
