@@ -8,10 +8,6 @@
 //! decode enables are not tracked here: a [`BarSet`] decodes at its shadow address at all times
 //! (the VFIO device model layers decode enables on top).
 
-use std::sync::{Arc, Mutex};
-
-use devices::bus::{self, Bus, BusDevice};
-
 use crate::{merge_bytes, Error};
 
 /// Number of standard BARs in a type 0 header.
@@ -107,21 +103,6 @@ pub struct BarReprogram {
     pub len: u64,
     /// True for an I/O BAR (PIO bus), false for memory (MMIO bus).
     pub is_io: bool,
-}
-
-impl BarReprogram {
-    /// Moves `region` (the trapped BAR's bus device) on `bus` from `old_base` to `new_base`.
-    /// Base 0 means "not decoded": a BAR moved to 0 is only removed, one moved from 0 only
-    /// inserted.
-    pub fn apply(&self, bus: &Bus, region: Arc<Mutex<dyn BusDevice>>) -> Result<(), bus::Error> {
-        if self.old_base != 0 {
-            bus.remove(self.old_base);
-        }
-        if self.new_base == 0 {
-            return Ok(());
-        }
-        bus.insert(region, self.new_base, self.len)
-    }
 }
 
 /// One BAR: type, size, the guest-programmed address and whether a sizing probe is pending.

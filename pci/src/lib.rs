@@ -13,16 +13,15 @@
 //! [`BarReprogram`] per BAR (several when a command-register write turns decoding on or off);
 //! [`PciRoot`] queues them with the device's slot and the VMM drains the queue
 //! with [`PciRoot::take_bar_moves`] after the guest's config write returns, then moves the
-//! BAR's bus entry ([`BarReprogram::apply`]) and, for VFIO, its KVM memory slot. Queueing
+//! BAR's bus entries and, for VFIO, its KVM memory slots. Queueing
 //! (instead of a callback) keeps the bus rule "no device calls back into a bus while holding
 //! its own lock".
 //!
 //! Trapped BAR accesses go through [`PciDevice::bar_read`] / [`PciDevice::bar_write`] with the
 //! BAR index and the offset in the BAR, not through a `BusDevice` impl on the device itself:
-//! one device has several BARs but a `BusDevice` only learns the offset in one range. A
-//! [`BarRegion`] adapter is the `BusDevice` put on the MMIO or PIO bus for each trapped BAR; it
-//! holds no address, so a BAR move is "remove the old range, insert the same adapter at the
-//! new base".
+//! one device has several BARs but a `BusDevice` only learns the offset in one range, so the
+//! VMM puts a small adapter per trapped part of a BAR on the MMIO or PIO bus; it holds no
+//! address, so a BAR move is "remove the old range, insert the same adapter at the new base".
 
 mod acpi;
 mod bar;
@@ -35,8 +34,8 @@ pub use bar::{Bar, BarKind, BarRange, BarReprogram, BarSet, NUM_BARS, ROM_BAR};
 pub use config::{PciConfig, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID};
 pub use resources::{PciResources, PciWindow, PciWindows, MMIO64_ALIGN, PCI_IO_SIZE, PCI_IO_START};
 pub use root::{
-    BarRegion, ConfigAddress, PciConfigIo, PciConfigMmio, PciRoot, ECAM_SIZE, MAX_SLOTS,
-    PCI_CONFIG_IO_PORT, PCI_CONFIG_IO_SIZE,
+    ConfigAddress, PciConfigIo, PciConfigMmio, PciRoot, ECAM_SIZE, MAX_SLOTS, PCI_CONFIG_IO_PORT,
+    PCI_CONFIG_IO_SIZE,
 };
 
 /// A device on the PCI bus (emulated, or passed through by the `vfio` crate).

@@ -2,7 +2,7 @@
 //! 0xcf8-0xcff) and ECAM (MMIO, bus 0 only). Both route to one [`PciRoot`].
 //!
 //! Lock order: a config-access `BusDevice` ([`PciConfigIo`], [`PciConfigMmio`]) -> the
-//! [`PciRoot`] -> a device; a [`BarRegion`] -> its device. Devices never lock the root or a bus.
+//! [`PciRoot`] -> a device. Devices never lock the root or a bus.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -199,36 +199,10 @@ impl BusDevice for PciConfigMmio {
     }
 }
 
-/// The bus device for one trapped BAR: forwards to [`PciDevice::bar_read`] and
-/// [`PciDevice::bar_write`] with the offset in the BAR. Holds no address, so the same region
-/// is re-inserted when the BAR moves.
-pub struct BarRegion {
-    device: Arc<Mutex<dyn PciDevice>>,
-    bar: u8,
-}
-
-impl BarRegion {
-    /// BAR `bar` of `device`.
-    pub fn new(device: Arc<Mutex<dyn PciDevice>>, bar: u8) -> Self {
-        Self { device, bar }
-    }
-}
-
-impl BusDevice for BarRegion {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        lock(&self.device).bar_read(self.bar, offset, data);
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        lock(&self.device).bar_write(self.bar, offset, data);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bar::{Bar, BarKind};
-    use devices::bus::Bus;
 
     /// A root with one 4 KiB-BAR PCIe device (vendor 0x1af4) in slot 1, and both decoders.
     fn setup() -> (Arc<Mutex<PciRoot>>, PciConfigIo, PciConfigMmio) {
@@ -344,60 +318,6 @@ mod tests {
         assert!(root.device(31).is_some() && root.device(32).is_none());
     }
 
-    #[test]
-    fn bar_region_forwards_and_moves() {
-        struct Echo;
-        impl PciDevice for Echo {
-            fn read_config_register(&mut self, _: usize) -> u32 {
-                0
-            }
-            fn write_config_register(&mut self, _: usize, _: usize, _: &[u8]) -> Vec<BarReprogram> {
-                Vec::new()
-            }
-            fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) {
-                data.fill(bar.wrapping_add(offset as u8));
-            }
-        }
-        let bus = Bus::new();
-        let region = Arc::new(Mutex::new(BarRegion::new(Arc::new(Mutex::new(Echo)), 2)));
-        bus.insert(region.clone(), 0xc000_0000, 0x1000).unwrap();
-        let mut data = [0u8; 2];
-        assert!(bus.read(0xc000_0010, &mut data));
-        assert_eq!(data, [0x12, 0x12]);
-        let (old_base, new_base) = (0xc000_0000, 0xd000_0000);
-        let mv = BarReprogram {
-            bar: 2,
-            old_base,
-            new_base,
-            len: 0x1000,
-            is_io: false,
-        };
-        mv.apply(&bus, region.clone()).unwrap();
-        assert!(!bus.read(0xc000_0010, &mut data));
-        assert!(bus.read(0xd000_0010, &mut data));
-        assert_eq!(data, [0x12, 0x12]);
-        let unmap = BarReprogram {
-            old_base: new_base,
-            new_base: 0,
-            ..mv
-        };
-        unmap.apply(&bus, region.clone()).unwrap();
-        assert!(!bus.read(0xd000_0010, &mut data));
-        let at_zero = Arc::new(Mutex::new(BarRegion::new(Arc::new(Mutex::new(Echo)), 0)));
-        bus.insert(at_zero, 0, 0x10).unwrap();
-        let map = BarReprogram {
-            old_base: 0,
-            new_base,
-            ..mv
-        };
-        map.apply(&bus, region).unwrap();
-        assert!(
-            bus.read(0xd000_0010, &mut data) && bus.read(0, &mut data),
-            "0 left alone"
-        );
-    }
-
-    /// Pseudo-random config accesses at every offset and size never panic.
     #[test]
     fn random_accesses_do_not_panic() {
         let (root, mut io, mut mmio) = setup();

@@ -309,17 +309,6 @@ impl VfioHost {
             }
         })
     }
-
-    /// Removes a DMA map made by [`VfioHost::map_dma`].
-    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<(), Error> {
-        self.container
-            .vfio_dma_unmap(iova, size as usize)
-            .map_err(|e| Error::DmaMap {
-                iova,
-                size,
-                reason: e.to_string(),
-            })
-    }
 }
 
 /// What sysfs can tell before anything is opened: `dev` has an IOMMU group, is bound to
