@@ -121,7 +121,7 @@ base_tree "$l1tree"
 install -m 0755 "$RIG/l1-init" "$l1tree/init"
 install -m 0755 "$OUT/stamp" "$l1tree/usr/bin/stamp"
 
-install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic
+install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic nvme
 
 # QEMU and the firmware it opens for -M pc/q35/microvm with -kernel and -nodefaults (found with
 # strace: bios-256k.bin, linuxboot_dma.bin, kvmvapic.bin; microvm adds bios-microvm.bin).

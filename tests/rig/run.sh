@@ -65,6 +65,9 @@ budget_for() {
         case "$s" in
             bench-dev-*) total=$((total + 170 * (8 * ${s#bench-dev-} + 2))) ;;
             bench-*) total=$((total + 170 * (4 * ${s#bench-} + 2))) ;;
+            soak-*) total=$((total + 60 * (${s#soak-} + 1))) ;;
+            soak) total=$((total + 60 * 21)) ;;
+            signals) total=$((total + 170 * 4)) ;;
             *) total=$((total + 170)) ;;
         esac
     done
@@ -72,7 +75,7 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |IRQ-STATS|RNG-CHECK|MSIX |ERRMSG)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|RESULT|BENCH|DONE|EDU-IRQ|NVME-CHECK|IRQ |IRQ-STATS|RNG-CHECK|MSIX |ERRMSG|SIGNAL|SOAK|CHECK)'
 # RIG_SHOW_ALL=1 (tests/rig/demo): the whole console, L2 guest included.
 [ "${RIG_SHOW_ALL:-0}" = 1 ] && SHOW=.
 

@@ -90,6 +90,19 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The message in two parts, what is wrong and what to do, for reports that show them
+    /// apart (`vmm check`): split at the first ": " (sysfs errors split their own way).
+    pub fn problem_and_fix(&self) -> (String, String) {
+        if let Error::Sysfs(e) = self {
+            return e.problem_and_fix();
+        }
+        let msg = self.to_string();
+        let at = msg.find(": ");
+        crate::sysfs::split_message(msg, at)
+    }
+}
+
 /// An open device: the vfio-ioctls device plus what it does not expose.
 pub struct HostDevice {
     device: VfioDevice,
@@ -353,32 +366,59 @@ fn device_flags(device: &VfioDevice) -> u32 {
     }
 }
 
+/// The locked-memory limit that VFIO's pinning of guest RAM counts against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemlockLimit {
+    /// CAP_IPC_LOCK (root): RLIMIT_MEMLOCK does not apply.
+    IpcLock,
+    /// The soft RLIMIT_MEMLOCK is unlimited (or cannot be read).
+    Unlimited,
+    /// The soft RLIMIT_MEMLOCK, in bytes.
+    Bytes(u64),
+}
+
+impl MemlockLimit {
+    /// This process's limit.
+    pub fn current() -> Self {
+        if has_ipc_lock() {
+            return Self::IpcLock;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `lim`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+            return Self::Unlimited;
+        }
+        Self::from_rlimit(lim.rlim_cur)
+    }
+
+    fn from_rlimit(limit: libc::rlim_t) -> Self {
+        match limit {
+            libc::RLIM_INFINITY => Self::Unlimited,
+            n => Self::Bytes(n),
+        }
+    }
+
+    /// Whether `bytes` of guest RAM can be pinned; otherwise [`Error::Memlock`] says how far
+    /// to raise the limit.
+    pub fn check(self, bytes: u64) -> Result<(), Error> {
+        match self {
+            Self::Bytes(limit) if limit < bytes => Err(Error::Memlock {
+                limit_kib: limit >> 10,
+                needed_mib: bytes.div_ceil(1 << 20),
+                needed_kib: bytes.div_ceil(1 << 10),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Checks RLIMIT_MEMLOCK against `bytes` of guest RAM that VFIO will pin. A process with
 /// CAP_IPC_LOCK (root) is not limited by it.
 pub fn check_memlock(bytes: u64) -> Result<(), Error> {
-    if has_ipc_lock() {
-        return Ok(());
-    }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `lim`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
-        return Ok(());
-    }
-    memlock_verdict(lim.rlim_cur, bytes)
-}
-
-fn memlock_verdict(limit: libc::rlim_t, bytes: u64) -> Result<(), Error> {
-    if limit == libc::RLIM_INFINITY || limit >= bytes {
-        return Ok(());
-    }
-    Err(Error::Memlock {
-        limit_kib: limit >> 10,
-        needed_mib: bytes.div_ceil(1 << 20),
-        needed_kib: bytes.div_ceil(1 << 10),
-    })
+    MemlockLimit::current().check(bytes)
 }
 
 /// CAP_IPC_LOCK (bit 14) in the effective set, from /proc/self/status.
@@ -400,17 +440,48 @@ mod tests {
 
     #[test]
     fn memlock_limits() {
-        assert!(memlock_verdict(libc::RLIM_INFINITY, 1 << 40).is_ok());
-        assert!(memlock_verdict(1 << 30, 1 << 30).is_ok());
-        let e = memlock_verdict(64 << 10, 512 << 20)
-            .unwrap_err()
-            .to_string();
+        let verdict = |limit, bytes| MemlockLimit::from_rlimit(limit).check(bytes);
+        assert_eq!(
+            MemlockLimit::from_rlimit(libc::RLIM_INFINITY),
+            MemlockLimit::Unlimited
+        );
+        assert!(verdict(libc::RLIM_INFINITY, 1 << 40).is_ok());
+        assert!(MemlockLimit::IpcLock.check(1 << 40).is_ok());
+        assert!(verdict(1 << 30, 1 << 30).is_ok());
+        let e = verdict(64 << 10, 512 << 20).unwrap_err().to_string();
         assert_eq!(
             e,
             "the locked-memory limit is 64 KiB but all 512 MiB of guest RAM must be pinned for \
              device DMA: raise it to 524288 KiB or more (ulimit -l 524288, LimitMEMLOCK= for a \
              systemd unit, or memlock in /etc/security/limits.conf), or run as root"
         );
+    }
+
+    #[test]
+    fn problem_and_fix_apart() {
+        let (group, device) = (3, "0000:00:03.0".to_string());
+        let (problem, fix) = Error::Permission {
+            group,
+            device: device.clone(),
+        }
+        .problem_and_fix();
+        assert_eq!(
+            problem,
+            "permission denied opening /dev/vfio/3 for 0000:00:03.0"
+        );
+        assert!(fix.starts_with("run vmm as root or "), "{fix}");
+        let (problem, fix) = Error::NoGroupNode { group, device }.problem_and_fix();
+        assert_eq!(problem, "no /dev/vfio/3 for 0000:00:03.0");
+        assert!(fix.starts_with("bind it to vfio-pci ("), "{fix}");
+        let (problem, fix) = MemlockLimit::Bytes(64 << 10)
+            .check(1 << 30)
+            .unwrap_err()
+            .problem_and_fix();
+        assert!(
+            problem.ends_with("must be pinned for device DMA"),
+            "{problem}"
+        );
+        assert!(fix.starts_with("raise it to 1048576 KiB or more"), "{fix}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod bars;
+pub mod bind;
 pub mod caps;
 pub mod device;
 pub mod host;

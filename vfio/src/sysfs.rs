@@ -119,6 +119,28 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The message in two parts, what is wrong and what to do, for reports that show them
+    /// apart (`vmm check`). Every message is the two joined by ": " (by "; " for
+    /// [`Error::NotViable`], whose problem part lists the members in the way).
+    pub fn problem_and_fix(&self) -> (String, String) {
+        let msg = self.to_string();
+        let at = match self {
+            Error::NotViable { .. } => msg.find("; "),
+            _ => msg.rfind(": "),
+        };
+        split_message(msg, at)
+    }
+}
+
+/// `msg` split around the two-byte separator at `at`; all problem when there is none.
+pub(crate) fn split_message(msg: String, at: Option<usize>) -> (String, String) {
+    match at {
+        Some(i) => (msg[..i].to_string(), msg[i + 2..].to_string()),
+        None => (msg, String::new()),
+    }
+}
+
 fn describe_blockers(blockers: &[(String, String)]) -> String {
     let mut out = String::new();
     for (i, (dev, driver)) in blockers.iter().enumerate() {
@@ -701,6 +723,49 @@ mod tests {
         std::fs::write(&class, "bridge\n").unwrap();
         let err = fake.sysfs().group_devices(3).unwrap_err();
         assert!(matches!(err, Error::Malformed { .. }), "{err}");
+    }
+
+    #[test]
+    fn problem_and_fix_apart() {
+        let fake = bridge_group("pcieport", ["vfio-pci", "uio_pci_generic"]);
+        let sysfs = fake.sysfs();
+        let (problem, fix) = sysfs.check_viable(5).unwrap_err().problem_and_fix();
+        assert_eq!(
+            problem,
+            "IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic"
+        );
+        assert!(
+            fix.starts_with("bind every device of the group to vfio-pci ("),
+            "{fix}"
+        );
+        let err = sysfs
+            .require_vfio_pci(&sysfs.device("0000:00:05.0").unwrap())
+            .unwrap_err();
+        let (problem, fix) = err.problem_and_fix();
+        assert_eq!(
+            problem,
+            "device 0000:00:05.0 is bound to pcieport, not vfio-pci"
+        );
+        assert_eq!(format!("{problem}: {fix}"), err.to_string());
+        assert!(fix.starts_with("modprobe vfio-pci; "), "{fix}");
+        let io = Error::Io {
+            path: "/sys/x".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let (problem, fix) = io.problem_and_fix();
+        assert!(problem.starts_with("cannot read /sys/x: "), "{problem}");
+        assert!(fix.starts_with("check that sysfs is mounted"), "{fix}");
+        for err in [
+            Error::NoIommuGroup { device: "d".into() },
+            Error::NoSuchDevice {
+                address: "0000:00:09.0".into(),
+                dir: "/sys/bus/pci/devices".into(),
+            },
+        ] {
+            let (problem, fix) = err.problem_and_fix();
+            assert_eq!(format!("{problem}: {fix}"), err.to_string());
+            assert!(!fix.contains(": "), "{fix}");
+        }
     }
 
     #[test]

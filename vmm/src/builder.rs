@@ -199,7 +199,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         mmio: mmio.clone(),
         exits: exits.clone(),
     };
-    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, routes, &exit)?;
+    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
     log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
@@ -479,6 +479,7 @@ fn create_vcpus(
     entry: Entry,
     routes: impl Fn() -> crate::vcpu::Routes,
     exit: &Arc<GuestExit>,
+    seccomp: bool,
 ) -> Result<Vec<Vcpu>, Error> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -502,6 +503,7 @@ fn create_vcpus(
                 index,
                 routes: routes(),
                 exit: exit.clone(),
+                seccomp,
             })
         })
         .collect()

@@ -93,3 +93,12 @@ impl MutEventSubscriber for StdinInput {
         }
     }
 }
+
+/// [`restore_terminal`] for signal handlers (the seccomp SIGSYS handler): async-signal-safe,
+/// as it only loads the saved settings (no lock, no allocation) and calls tcsetattr.
+pub fn restore_terminal_signal_safe() {
+    if let Some(t) = SAVED_TERMIOS.get() {
+        // SAFETY: valid descriptor and the termios saved from it; tcsetattr is an ioctl.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
+    }
+}

@@ -1,16 +1,24 @@
 //! vmm: a minimal KVM VMM for PCI passthrough with VFIO.
 //!
-//! [`run`] builds the VM ([`builder`]), starts one thread per vCPU ([`vcpu`]) and waits on
-//! the main thread's event loop (console input, the guest's exit request, `--timeout`) for
-//! the reason the guest stopped, which becomes the process exit status.
+//! [`run`] moves `managed=on` devices to vfio-pci ([`managed`]), builds the VM
+//! ([`builder`]), starts one thread per vCPU ([`vcpu`]) and waits on the main thread's event
+//! loop (console input, the guest's exit request, `--timeout`, SIGINT/SIGTERM/SIGHUP
+//! ([`signals`])) for the reason the guest stopped, which becomes the process exit status.
+//! Every way out tears down in one order: vCPUs stopped, device interrupts off and devices
+//! reset, every VM and VFIO file closed, managed devices back on their drivers, terminal
+//! restored.
 
 pub mod builder;
+pub mod check;
 pub mod config;
 pub mod console;
 pub mod interrupts;
 pub mod logger;
+pub mod managed;
 pub mod memory;
 pub mod passthrough;
+pub mod seccomp;
+pub mod signals;
 pub mod stats;
 pub mod vcpu;
 
@@ -18,6 +26,7 @@ use config::VmConfig;
 use devices::{ExitReason, GuestExit};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::sync::Arc;
+use std::time::Duration;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -34,6 +43,12 @@ pub enum Error {
     /// Building the VM failed.
     #[error(transparent)]
     Build(#[from] builder::Error),
+    /// A `managed=on` device could not be moved to vfio-pci.
+    #[error(transparent)]
+    Managed(#[from] vfio::bind::Error),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
     /// The event loop or a thread could not be set up.
     #[error("cannot {what}: {source}")]
     Os {
@@ -56,6 +71,11 @@ pub fn exit_status(reason: &ExitReason) -> (i32, Option<String>) {
                 "guest still running after {secs} s (--timeout); stopped it"
             )),
         ),
+        ExitReason::Signal(sig) => (
+            128 + sig,
+            Some(format!("stopped by {}", signals::name(*sig))),
+        ),
+        ExitReason::Failure(msg) => (STATUS_ERROR, Some(msg.clone())),
     }
 }
 
@@ -98,9 +118,83 @@ fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Os { what, source }
 }
 
-/// Builds and runs the guest; returns why it stopped.
+/// How long stopping the vCPUs may take before vmm gives up on a stuck one.
+const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Moves managed devices to vfio-pci, builds and runs the guest, tears it down and puts the
+/// managed devices back; returns why the guest stopped.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
-    let mut vm = builder::build(cfg)?;
+    let bindings = managed::bind(&cfg.devices)?;
+    let (result, released) = run_vm(cfg);
+    if released && !vm_files_open() {
+        managed::restore(bindings);
+    }
+    // Otherwise dropping the bindings says which devices stay on vfio-pci and how to
+    // rebind them: vfio-pci's unbind would wait forever for files this process holds.
+    result
+}
+
+/// Whether this process still holds a KVM VM or VFIO file (then managed devices cannot be
+/// unbound from vfio-pci).
+fn vm_files_open() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let open: Vec<String> = dir
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.starts_with("/dev/vfio/") || t.contains("vfio-device") || t.contains("kvm-vm"))
+        .collect();
+    if !open.is_empty() {
+        log::warn!("still open after teardown: {}", open.join(", "));
+    }
+    !open.is_empty()
+}
+
+/// Builds, runs and tears down the guest. The flag says whether everything was released
+/// (false only when a vCPU thread would not stop).
+fn run_vm(cfg: &VmConfig) -> (Result<ExitReason, Error>, bool) {
+    let mut vm = match builder::build(cfg) {
+        Ok(vm) => vm,
+        Err(e) => return (Err(e.into()), true),
+    };
+    let events = match event_loop(cfg, &vm) {
+        Ok(events) => events,
+        Err(e) => return (Err(e), true),
+    };
+    console::enter_raw_mode();
+    let running = match vcpu::Running::start(vm.vcpus.drain(..).collect()) {
+        Ok(running) => running,
+        Err(e) => return (Err(os_err("start a vCPU thread")(e)), true),
+    };
+    if let Err(e) = seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm) {
+        return (Err(e.into()), running.stop(VCPU_STOP_PATIENCE));
+    }
+    let reason = wait_for_exit(&vm, events);
+    // Teardown, in order: no vCPU runs, the devices are quiet, then every file goes.
+    let released = running.stop(VCPU_STOP_PATIENCE);
+    let report = cfg.stats.map(|format| {
+        let serial = vm.serial.lock().map_or(0, |s| s.interrupts());
+        let injected = vec![("serial".to_string(), serial)];
+        stats::Report::collect(&vm.exits, &vm.pio, &vm.mmio, injected).render(format)
+    });
+    if released {
+        vm.passthrough.shutdown();
+    }
+    drop(vm);
+    console::restore_terminal();
+    if let Some(report) = report {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{report}");
+    }
+    (Ok(reason), released)
+}
+
+/// The main thread's event loop: the exit request, console input, signals, `--timeout`.
+fn event_loop(
+    cfg: &VmConfig,
+    vm: &builder::Vm,
+) -> Result<EventManager<Box<dyn MutEventSubscriber>>, Error> {
     let mut events: EventManager<Box<dyn MutEventSubscriber>> =
         EventManager::new().map_err(|e| Error::Os {
             what: "create the event loop",
@@ -108,6 +202,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
         })?;
     events.add_subscriber(Box::new(ExitWatch(vm.exit.clone())));
     events.add_subscriber(Box::new(console::StdinInput::new(vm.serial.clone())));
+    let signals = signals::SignalWatch::new(vm.exit.clone()).map_err(os_err("watch signals"))?;
+    events.add_subscriber(Box::new(signals));
     if let Some(secs) = cfg.timeout {
         let timer_err = |e: vmm_sys_util::errno::Error| Error::Os {
             what: "set up the --timeout timer",
@@ -123,20 +219,17 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
             exit: vm.exit.clone(),
         }));
     }
+    Ok(events)
+}
 
-    console::enter_raw_mode();
-    for vcpu in vm.vcpus.drain(..) {
-        vcpu.spawn().map_err(os_err("start a vCPU thread"))?;
-    }
+/// Runs the event loop until something asks the guest to stop.
+fn wait_for_exit(
+    vm: &builder::Vm,
+    mut events: EventManager<Box<dyn MutEventSubscriber>>,
+) -> ExitReason {
     loop {
         if let Some(reason) = vm.exit.reason() {
-            if let Some(format) = cfg.stats {
-                let serial = vm.serial.lock().map_or(0, |s| s.interrupts());
-                let injected = vec![("serial".to_string(), serial)];
-                let report = stats::Report::collect(&vm.exits, &vm.pio, &vm.mmio, injected);
-                eprintln!("{}", report.render(format));
-            }
-            return Ok(reason);
+            return reason;
         }
         if let Err(e) = events.run() {
             log::warn!("event loop: {e:?}");

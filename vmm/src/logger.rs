@@ -1,7 +1,9 @@
 //! A minimal `log` backend: one line per record on stderr, `vmm: LEVEL: message`. The level
-//! comes from `RUST_LOG` (error, warn, info, debug, trace); warnings are shown by default.
+//! comes from `-v` on the command line ([`set_verbosity`]: -v info, -vv debug, -vvv trace),
+//! else from `RUST_LOG` (error, warn, info, debug, trace); warnings are shown by default.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -41,7 +43,12 @@ impl Log for StderrLogger {
                 .get()
                 .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
             // The terminal may be raw: end lines with \r\n so they start at column 0.
-            eprint!("vmm: {level}: [{ms:.1} ms] {}\r\n", record.args());
+            // A closed stderr (e.g. piped into `head`) must not end vmm: errors are ignored.
+            let _ = write!(
+                std::io::stderr(),
+                "vmm: {level}: [{ms:.1} ms] {}\r\n",
+                record.args()
+            );
         }
     }
 
@@ -55,7 +62,24 @@ pub fn level_from(value: Option<&str>) -> LevelFilter {
         .unwrap_or(LevelFilter::Warn)
 }
 
-/// Installs the logger; later calls do nothing.
+/// The level asked for by `count` `-v` flags; `None` for none (the level stays as set).
+pub fn verbosity_level(count: u8) -> Option<LevelFilter> {
+    match count {
+        0 => None,
+        1 => Some(LevelFilter::Info),
+        2 => Some(LevelFilter::Debug),
+        _ => Some(LevelFilter::Trace),
+    }
+}
+
+/// Applies `count` `-v` flags, which win over `RUST_LOG`; 0 keeps what [`init`] set.
+pub fn set_verbosity(count: u8) {
+    if let Some(level) = verbosity_level(count) {
+        log::set_max_level(level);
+    }
+}
+
+/// Installs the logger with the level `RUST_LOG` names; later calls do nothing.
 pub fn init() {
     static LOGGER: StderrLogger = StderrLogger;
     START.get_or_init(Instant::now);
@@ -74,5 +98,14 @@ mod tests {
         assert_eq!(level_from(Some("debug")), LevelFilter::Debug);
         assert_eq!(level_from(Some("INFO")), LevelFilter::Info);
         assert_eq!(level_from(Some("nonsense")), LevelFilter::Warn);
+    }
+
+    #[test]
+    fn verbosity() {
+        assert_eq!(verbosity_level(0), None);
+        assert_eq!(verbosity_level(1), Some(LevelFilter::Info));
+        assert_eq!(verbosity_level(2), Some(LevelFilter::Debug));
+        assert_eq!(verbosity_level(3), Some(LevelFilter::Trace));
+        assert_eq!(verbosity_level(9), Some(LevelFilter::Trace));
     }
 }

@@ -13,28 +13,42 @@ fn main() {
             println!("vmm {}", env!("CARGO_PKG_VERSION"));
             0
         }
+        Ok(Command::Check(cfg)) => vmm::check::run(&cfg),
         Ok(Command::Run(cfg)) => {
+            vmm::logger::set_verbosity(cfg.verbose);
+            // Before any thread exists, so every thread inherits the mask: SIGINT, SIGTERM
+            // and SIGHUP then reach the main loop, which tears the VM down in order.
+            if let Err(e) = vmm::signals::block_exit_signals() {
+                log::warn!("cannot block SIGINT/SIGTERM/SIGHUP ({e}); they will kill vmm");
+            }
             let result = vmm::run(&cfg);
             vmm::console::restore_terminal();
             match result {
                 Ok(reason) => {
                     let (status, message) = vmm::exit_status(&reason);
                     if let Some(message) = message {
-                        eprintln!("vmm: {message}");
+                        say(&message);
                     }
                     status
                 }
                 Err(e) => {
-                    eprintln!("vmm: {e}");
+                    say(&e);
                     vmm::STATUS_ERROR
                 }
             }
         }
         Err(e) => {
-            eprintln!("vmm: {e}");
+            say(&e);
             vmm::STATUS_ERROR
         }
     };
-    // vCPU threads may still be inside KVM_RUN: leave without waiting for them.
+    // A vCPU thread that would not stop (vmm::run warned about it) must not keep the
+    // process alive.
     std::process::exit(status);
+}
+
+/// The one-line message of how vmm ended, on stderr; a closed stderr is not an error.
+fn say(what: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "vmm: {what}");
 }

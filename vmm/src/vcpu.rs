@@ -4,8 +4,11 @@
 use crate::stats::ExitCounts;
 use devices::{Bus, ExitReason, GuestExit};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vmm_sys_util::signal::Killable;
 
 /// KVM_SYSTEM_EVENT_SHUTDOWN.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -89,22 +92,48 @@ pub struct Vcpu {
     pub routes: Routes,
     /// Where to report why the guest stopped.
     pub exit: Arc<GuestExit>,
+    /// Install the vCPU seccomp filter when the thread starts (`--seccomp=on`).
+    pub seccomp: bool,
 }
 
 impl Vcpu {
-    /// Starts the vCPU on a thread named `vcpuN`.
-    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the vCPU on a thread named `vcpuN`; it runs until the guest stops or `stop`
+    /// is set (and the thread kicked, see [`Running::stop`]). A panic on the thread becomes
+    /// [`ExitReason::Failure`], so the main thread still tears the VM down in order.
+    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+        let (exit, index) = (self.exit.clone(), self.index);
         std::thread::Builder::new()
-            .name(format!("vcpu{}", self.index))
-            .spawn(move || self.run())
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| self.run(&stop));
+                if let Err(panic) = std::panic::catch_unwind(run) {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    exit.request(ExitReason::Failure(format!(
+                        "vcpu{index} thread failed: {what}"
+                    )));
+                }
+            })
     }
 
-    fn run(mut self) {
-        loop {
+    fn run(mut self, stop: &AtomicBool) {
+        if let Err(e) = crate::seccomp::apply_if(self.seccomp, crate::seccomp::Thread::Vcpu) {
+            return self
+                .exit
+                .request(ExitReason::Failure(format!("vcpu{}: {e}", self.index)));
+        }
+        while !stop.load(Ordering::Acquire) {
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.routes),
+                // A kick (or any signal): look at `stop` again.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
-                Err(e) => Action::Crash(format!("KVM_RUN failed: {e}")),
+                Err(e) => {
+                    let what = format!("vcpu{}: KVM_RUN failed: {e}", self.index);
+                    return self.exit.request(ExitReason::Failure(what));
+                }
             };
             match action {
                 Action::Continue => {}
@@ -115,6 +144,72 @@ impl Vcpu {
                     return self.exit.request(ExitReason::Crash(msg));
                 }
             }
+        }
+    }
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing: the
+/// interrupted ioctl returns EINTR and the loop sees `stop`).
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The running vCPU threads.
+pub struct Running {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Starts every vCPU on its thread.
+    pub fn start(vcpus: Vec<Vcpu>) -> std::io::Result<Self> {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut running = Self {
+            threads: Vec::new(),
+            stop: stop.clone(),
+        };
+        for vcpu in vcpus {
+            // On failure `running` drops: the threads already started are stopped.
+            running.threads.push(vcpu.spawn(stop.clone())?);
+        }
+        Ok(running)
+    }
+
+    /// Stops every vCPU and joins its thread. A thread is kicked until it ends (a kick can
+    /// land just before it enters KVM_RUN); one still running after `patience` (stuck in a
+    /// device access) is left behind with a warning. True when all threads ended.
+    pub fn stop(mut self, patience: Duration) -> bool {
+        self.stop_threads(patience)
+    }
+
+    fn stop_threads(&mut self, patience: Duration) -> bool {
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + patience;
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if Instant::now() > deadline {
+                log::warn!("a vCPU thread did not stop within {patience:?}; leaving it");
+                return false;
+            }
+            for t in self.threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(kick_signal());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.stop_threads(Duration::from_secs(2));
         }
     }
 }

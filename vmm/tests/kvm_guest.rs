@@ -344,3 +344,170 @@ fn help_documents_every_option() {
         assert!(help.contains(opt), "{opt}");
     }
 }
+
+/// Starts vmm on a 2-vCPU guest that prints "ready" and then spins (the AP sits in KVM
+/// waiting for a SIPI), sends `sig` once the guest runs, and returns the result and how long
+/// the VMM took to stop.
+fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
+    use std::io::Read;
+    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
+    let guest = Guest::new(name, &code);
+    let mut child = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "16M", "--cpus", "2", "--timeout", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"ready\n") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "guest output ended early");
+        seen.push(byte[0]);
+    }
+    let start = std::time::Instant::now();
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    let out = child.wait_with_output().unwrap();
+    (out, start.elapsed())
+}
+
+#[test]
+fn sigint_sigterm_sighup_stop_the_guest_in_order() {
+    for (sig, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let (out, took) = stop_with_signal(&name.to_lowercase(), sig);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + sig), "{name}: {err}");
+        assert_eq!(err, format!("vmm: stopped by {name}\n"), "{name}");
+        assert!(took.as_secs() < 5, "{name}: took {took:?}");
+    }
+}
+
+#[test]
+fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the given ints; the other pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned here.
+    let (_master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let termios = |fd: &OwnedFd| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data filled by tcgetattr on a valid descriptor.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor and pointer.
+        assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+        t
+    };
+    let before = termios(&slave);
+    assert_ne!(before.c_lflag & libc::ICANON, 0, "a fresh pty is cooked");
+
+    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
+    let guest = Guest::new("pty", &code);
+    let mut child = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "16M", "--timeout", "60"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"ready\n") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "guest output ended early");
+        seen.push(byte[0]);
+    }
+    let during = termios(&slave);
+    assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0, "raw while the guest runs");
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    let after = termios(&slave);
+    assert_eq!(after.c_lflag, before.c_lflag, "terminal restored");
+    assert_eq!(after.c_iflag, before.c_iflag, "terminal restored");
+}
+
+/// Name and `Seccomp:` mode (0 none, 2 filter) of every thread of process `pid`, sorted,
+/// leaving out KVM's kernel workers that live in the VMM's thread group
+/// (`kvm-nx-lpage-recovery`).
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path().join("status");
+        let status = std::fs::read_to_string(path).unwrap_or_default();
+        let field = |key: &str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(key));
+            line.unwrap_or("").trim().to_string()
+        };
+        modes.push((field("Name:"), field("Seccomp:")));
+    }
+    modes.retain(|(name, _)| !name.starts_with("kvm-"));
+    modes.sort();
+    modes
+}
+
+#[test]
+fn every_thread_runs_under_its_seccomp_filter_unless_off() {
+    use std::io::Read;
+    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
+    let guest = Guest::new("seccomp", &code);
+    for (flag, mode) in [("--seccomp=on", "2"), ("--seccomp=off", "0")] {
+        let mut child = Command::new(VMM)
+            .arg("--kernel")
+            .arg(&guest.path)
+            .args(["--memory", "16M", "--cpus", "2", "--timeout", "60", flag])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"ready\n") {
+            let n = stdout.read(&mut byte).unwrap();
+            assert_eq!(n, 1, "guest output ended early");
+            seen.push(byte[0]);
+        }
+        // The main thread installs its filter just before its event loop: give it a moment.
+        let want: Vec<(String, String)> = ["vcpu0", "vcpu1", "vmm"]
+            .iter()
+            .map(|name| (name.to_string(), mode.to_string()))
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut modes = seccomp_modes(child.id());
+        while modes != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            modes = seccomp_modes(child.id());
+        }
+        // Teardown runs under the filters too: it must end cleanly, without SIGSYS.
+        // SAFETY: signals our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(modes, want, "{flag}");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(143), "{flag}: {err}");
+        assert_eq!(err, "vmm: stopped by SIGTERM\n", "{flag}");
+    }
+}

@@ -84,6 +84,11 @@ impl DeviceIrqs {
         self.update_vectors(dev);
     }
 
+    /// Turns the device's interrupts off and unwires them (the VM is going away).
+    pub fn shutdown(&mut self, host: &HostDevice) {
+        self.teardown(host);
+    }
+
     fn teardown(&mut self, host: &HostDevice) {
         match self.mode {
             Mode::Off => return,

@@ -7,9 +7,11 @@
 //! never while changing a bus. A device model's lock is taken before its `DeviceIrqs` lock.
 //! Buses never hold their map lock while calling a device.
 
+mod describe;
+mod dma;
 mod irqs;
 
-use crate::config::{DeviceConfig, DeviceSource};
+use crate::config::DeviceConfig;
 use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
 use devices::{Bus, BusDevice};
@@ -20,12 +22,11 @@ use kvm_ioctls::VmFd;
 use pci::{BarReprogram, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
 use resources::layout::PCI_ECAM_START;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use vfio::backend::INTX_IRQ;
 use vfio::host::{HostDevice, MmapArea, VfioHost};
 use vfio::{SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
 use vfio_ioctls::VfioDeviceFd;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Config dword holding interrupt line (byte 0) and pin (byte 1).
 const INTERRUPT_REG: usize = 0x3c / 4;
@@ -154,8 +155,9 @@ enum Part {
 /// Keeps BARs installed at the addresses the guest programs.
 pub struct BarMapper {
     vm: Arc<VmFd>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
+    // Weak: the buses hold the config-access handlers that hold this mapper.
+    pio: Weak<Bus>,
+    mmio: Weak<Bus>,
     /// Parts of each (PCI slot, BAR).
     bars: HashMap<(u8, u8), Vec<Part>>,
     free_slots: Vec<u32>,
@@ -163,11 +165,11 @@ pub struct BarMapper {
 }
 
 impl BarMapper {
-    fn new(vm: Arc<VmFd>, pio: Arc<Bus>, mmio: Arc<Bus>) -> Self {
+    fn new(vm: Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Self {
         Self {
             vm,
-            pio,
-            mmio,
+            pio: Arc::downgrade(pio),
+            mmio: Arc::downgrade(mmio),
             bars: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: FIRST_BAR_SLOT,
@@ -239,11 +241,12 @@ impl BarMapper {
         self.bars.insert((slot, mv.bar), parts);
     }
 
-    fn bus(&self, is_io: bool) -> &Bus {
+    /// The bus a BAR of this kind lives on; `None` once the VM is being dropped.
+    fn bus(&self, is_io: bool) -> Option<Arc<Bus>> {
         if is_io {
-            &self.pio
+            self.pio.upgrade()
         } else {
-            &self.mmio
+            self.mmio.upgrade()
         }
     }
 
@@ -280,13 +283,13 @@ impl BarMapper {
                 handler,
                 base: at,
                 name,
-            } => match self
-                .bus(is_io)
-                .insert_named(name, handler.clone(), base + *offset, *len)
-            {
-                Ok(()) => *at = Some(base + *offset),
-                Err(e) => log::warn!("guest put a BAR where it clashes: {e}; left unmapped"),
-            },
+            } => {
+                let Some(bus) = self.bus(is_io) else { return };
+                match bus.insert_named(name, handler.clone(), base + *offset, *len) {
+                    Ok(()) => *at = Some(base + *offset),
+                    Err(e) => log::warn!("guest put a BAR where it clashes: {e}; left unmapped"),
+                }
+            }
         }
     }
 
@@ -308,8 +311,8 @@ impl BarMapper {
                 }
             }
             Part::Trapped { base, .. } => {
-                if let Some(at) = base.take() {
-                    self.bus(is_io).remove(at);
+                if let (Some(at), Some(bus)) = (base.take(), self.bus(is_io)) {
+                    bus.remove(at);
                 }
             }
         }
@@ -351,7 +354,22 @@ pub struct Passthrough {
     pub host: Option<VfioHost>,
     /// Windows BARs are allocated from (for ACPI).
     pub windows: PciWindows,
-    _devices: Arc<Vec<Arc<Passed>>>,
+    devices: Arc<Vec<Arc<Passed>>>,
+}
+
+impl Passthrough {
+    /// Quiesces every device before it is released (the vCPUs are stopped): interrupts
+    /// off and unwired from KVM, then a device reset where the device has one.
+    pub fn shutdown(&self) {
+        for device in self.devices.iter() {
+            let model = lock(&device.model);
+            let host = model.backend();
+            lock(&device.irqs).shutdown(host);
+            if host.can_reset() && !host.reset() {
+                log::warn!("{}: reset at shutdown failed", host.name);
+            }
+        }
+    }
 }
 
 /// What the PCI setup needs from the builder.
@@ -375,8 +393,8 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
     let root = Arc::new(Mutex::new(PciRoot::new()));
     let mapper = Arc::new(Mutex::new(BarMapper::new(
         setup.vm.clone(),
-        setup.pio.clone(),
-        setup.mmio.clone(),
+        setup.pio,
+        setup.mmio,
     )));
     let (host, passed) = if devices.is_empty() {
         (None, Vec::new())
@@ -388,7 +406,7 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
             windows,
         };
         let passed = add_devices(setup, &host, &found, &pci)?;
-        map_guest_ram(&host, setup.memory)?;
+        dma::map_guest_ram(&host, setup.memory)?;
         (Some(host), passed)
     };
     let devices = Arc::new(passed);
@@ -419,7 +437,7 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
     Ok(Passthrough {
         host,
         windows,
-        _devices: devices,
+        devices,
     })
 }
 
@@ -432,11 +450,7 @@ fn open_host(
     let sysfs = Sysfs::default();
     let mut found = Vec::new();
     for cfg in devices {
-        let spec = match &cfg.source {
-            DeviceSource::Host(bdf) => bdf.to_string(),
-            DeviceSource::Sysfs(path) => path.display().to_string(),
-        };
-        let dev = sysfs.device(&spec)?;
+        let dev = sysfs.device(cfg.spec())?;
         vfio::host::check_usable(&sysfs, &dev)?;
         found.push(dev);
     }
@@ -514,41 +528,10 @@ fn add_devices(
         lock(pci.mapper).add(slot, &device, &name)?;
         lock(&device.irqs).sync(&lock(&device.model));
         log::info!(
-            "{name}: IOMMU group {group}, guest 00:{slot:02x}.0, INTx GSI {intx_gsi:?}, {}",
-            describe_bars(&device.model)
+            "{name}: IOMMU group {group}, guest 00:{slot:02x}.0; {}",
+            describe::device_summary(&device.model, intx_gsi)
         );
         passed.push(device);
     }
     Ok(passed)
-}
-
-fn describe_bars(device: &Device) -> String {
-    let dev = device.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = Vec::new();
-    for bar in dev.bar_set().iter() {
-        let plan = dev.bar_plan(bar.index());
-        let mapped: u64 = plan
-            .iter()
-            .filter(|s| s.kind == SegmentKind::Mmap)
-            .map(|s| s.len)
-            .sum();
-        out.push(format!(
-            "BAR{} {:#x} bytes at {:#x} ({:#x} mmapped)",
-            bar.index(),
-            bar.size(),
-            bar.addr(),
-            mapped
-        ));
-    }
-    out.join(", ")
-}
-
-/// Maps all guest RAM into the container, IOVA = guest physical address.
-fn map_guest_ram(host: &VfioHost, memory: &GuestMemoryMmap) -> Result<(), Error> {
-    for region in memory.iter() {
-        // SAFETY: guest RAM stays mapped for the VM's lifetime (it outlives `host` in `Vm`),
-        // and the VMM only accesses it through vm-memory's volatile accessors.
-        unsafe { host.map_dma(region.start_addr().0, region.len(), region.as_ptr())? };
-    }
-    Ok(())
 }

@@ -1,0 +1,516 @@
+//! Seccomp filters, one per kind of thread, installed by each thread on itself once the VM is
+//! built (`--seccomp=off` to debug): a vCPU thread's from its first instruction, the main
+//! thread's just before its event loop. A syscall not on the list raises SIGSYS; the handler
+//! restores the terminal, prints one line naming the thread and the syscall number and ends
+//! vmm with [`STATUS_SECCOMP`].
+//!
+//! The lists are what the code paths after start issue, with ioctls narrowed to the request
+//! numbers used and `mmap`/`mprotect` to non-executable memory:
+//!
+//! - vCPU threads: `KVM_RUN` and the exits it returns. A guest's PCI config or trapped BAR
+//!   access is served on the vCPU thread (`passthrough`): `pread64`/`pwrite64` on the VFIO
+//!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`), interrupt rewiring (`eventfd2`,
+//!   `close`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`, `VFIO_DEVICE_SET_IRQS`, `poll` for the
+//!   MSI-X PBA). Also the serial console (`write`), locks (`futex`), logging, the kick signal
+//!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
+//!   (`tgkill` of SIGABRT to ourselves) and thread exit.
+//! - The main thread: the event loop (`epoll_wait`, `read` of eventfds, timerfd, signalfd and
+//!   stdin), kicking vCPU threads (`tgkill` of a real-time signal to ourselves), joining them,
+//!   and teardown: interrupts off and device reset (`VFIO_DEVICE_SET_IRQS`,
+//!   `VFIO_DEVICE_RESET`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`), VFIO group release
+//!   (`KVM_SET_DEVICE_ATTR`, `VFIO_GROUP_UNSET_CONTAINER`, `readlink` of the group), sysfs
+//!   reads and writes to give devices back to their drivers (`openat`, `getdents64`, `statx`,
+//!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, `exit_group`.
+//!
+//! A thread started after its creator installed a filter inherits it (the kernel copies it):
+//! so the main thread installs its own only once the vCPU threads exist, and must not start
+//! threads afterwards (`clone` is not on its list).
+//!
+//! This module must not decide *when* filters are installed: the VM's run owns that.
+
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+
+/// Exit status after a forbidden syscall: 128 + SIGSYS, as a shell reports a SIGSYS death.
+pub const STATUS_SECCOMP: i32 = 128 + libc::SIGSYS;
+
+/// A kind of thread, each with its own filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Thread {
+    /// The main thread once the VM runs: event loop and teardown.
+    Vmm,
+    /// A vCPU thread.
+    Vcpu,
+}
+
+impl std::fmt::Display for Thread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Thread::Vmm => "vmm",
+            Thread::Vcpu => "vCPU",
+        })
+    }
+}
+
+/// Why a filter could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The rules do not compile to BPF (a bug).
+    #[error("cannot build the seccomp filter of the {thread} thread: {source}")]
+    Build {
+        /// Which filter.
+        thread: Thread,
+        /// Why.
+        source: BackendError,
+    },
+    /// sigaction(SIGSYS) failed.
+    #[error("cannot install the SIGSYS handler for seccomp: {0}")]
+    Handler(std::io::Error),
+    /// The kernel refused the filter.
+    #[error("cannot install the seccomp filter of the {thread} thread: {source}; a kernel without seccomp filters needs --seccomp=off")]
+    Install {
+        /// Which filter.
+        thread: Thread,
+        /// Why.
+        source: seccompiler::Error,
+    },
+}
+
+// KVM ioctls (include/uapi/linux/kvm.h).
+const KVMIO: u32 = kvm_bindings::KVMIO;
+ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_bindings::kvm_regs);
+ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_bindings::kvm_sregs);
+ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    KVMIO,
+    0x46,
+    kvm_bindings::kvm_userspace_memory_region
+);
+ioctl_iow_nr!(
+    KVM_SET_GSI_ROUTING,
+    KVMIO,
+    0x6a,
+    kvm_bindings::kvm_irq_routing
+);
+ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
+ioctl_iow_nr!(
+    KVM_SET_DEVICE_ATTR,
+    KVMIO,
+    0xe1,
+    kvm_bindings::kvm_device_attr
+);
+
+// VFIO ioctls (include/uapi/linux/vfio.h).
+const VFIO: u32 = VFIO_TYPE as u32;
+ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO, VFIO_BASE);
+ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO, VFIO_BASE + 1);
+ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO, VFIO_BASE + 3);
+ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
+ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO, VFIO_BASE + 7);
+ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
+ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
+ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
+ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
+
+/// Terminal ioctls of tcgetattr/tcsetattr (glibc up to 2.41, and the termios2 ones after).
+const TERMINAL: [libc::Ioctl; 8] = [
+    libc::TCGETS,
+    libc::TCSETS,
+    libc::TCSETSW,
+    libc::TCSETSF,
+    libc::TCGETS2,
+    libc::TCSETS2,
+    libc::TCSETSW2,
+    libc::TCSETSF2,
+];
+
+/// ioctl requests a vCPU thread issues, `KVM_RUN` first (the filter tries them in order).
+fn vcpu_ioctls() -> Vec<u64> {
+    let mut v = vec![
+        KVM_RUN(),
+        KVM_SET_USER_MEMORY_REGION(),
+        KVM_IRQFD(),
+        KVM_SET_GSI_ROUTING(),
+        VFIO_DEVICE_SET_IRQS(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+    ];
+    v.extend(TERMINAL);
+    v
+}
+
+/// ioctl requests the main thread issues from its event loop on.
+fn vmm_ioctls() -> Vec<u64> {
+    let mut v = vec![
+        KVM_IRQFD(),
+        KVM_SET_GSI_ROUTING(),
+        KVM_SET_USER_MEMORY_REGION(),
+        KVM_SET_DEVICE_ATTR(),
+        VFIO_DEVICE_SET_IRQS(),
+        VFIO_DEVICE_RESET(),
+        VFIO_DEVICE_GET_INFO(),
+        VFIO_DEVICE_GET_REGION_INFO(),
+        VFIO_DEVICE_GET_IRQ_INFO(),
+        VFIO_GROUP_GET_STATUS(),
+        VFIO_GROUP_UNSET_CONTAINER(),
+        VFIO_IOMMU_UNMAP_DMA(),
+        VFIO_GET_API_VERSION(),
+        VFIO_CHECK_EXTENSION(),
+        libc::FIONBIO,
+    ];
+    v.extend(TERMINAL);
+    v
+}
+
+/// Syscalls both kinds of thread make without argument checks: memory, locks, time, signal
+/// returns, writes to stdout/stderr and eventfds, thread and process exit.
+const COMMON: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_brk,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_getrandom,
+    libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_restart_syscall,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// Only on vCPU threads: VFIO device region access and interrupt eventfds.
+const VCPU_ONLY: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2];
+
+/// Only on the main thread: the event loop, sleeping, sysfs files and links at teardown.
+const VMM_ONLY: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_openat,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_access,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+];
+
+type Rules = BTreeMap<i64, Vec<SeccompRule>>;
+
+fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+}
+
+/// One rule per allowed value of argument `arg`.
+fn any_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, BackendError> {
+    values
+        .iter()
+        .map(|&v| SeccompRule::new(vec![condition(arg, SeccompCmpOp::Eq, v)?]))
+        .collect()
+}
+
+/// `tgkill` to a thread of this process only, with SIGABRT (abort on panic) or, for the main
+/// thread, a real-time signal (the vCPU kick).
+fn tgkill_rules(thread: Thread) -> Result<Vec<SeccompRule>, BackendError> {
+    let pid = u64::from(std::process::id());
+    let own = || condition(0, SeccompCmpOp::Eq, pid);
+    let mut rules = vec![SeccompRule::new(vec![
+        own()?,
+        condition(2, SeccompCmpOp::Eq, libc::SIGABRT as u64)?,
+    ])?];
+    if thread == Thread::Vmm {
+        rules.push(SeccompRule::new(vec![
+            own()?,
+            condition(2, SeccompCmpOp::Ge, libc::SIGRTMIN() as u64)?,
+            condition(2, SeccompCmpOp::Le, libc::SIGRTMAX() as u64)?,
+        ])?);
+    }
+    Ok(rules)
+}
+
+/// `mmap`/`mprotect` of anything but executable memory (argument 2 is `prot`).
+fn not_exec() -> Result<Vec<SeccompRule>, BackendError> {
+    let no_exec = SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64);
+    Ok(vec![SeccompRule::new(vec![condition(2, no_exec, 0)?])?])
+}
+
+/// The allowed syscalls of `thread`, each with its argument rules (none: always allowed).
+pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
+    let only = match thread {
+        Thread::Vmm => VMM_ONLY,
+        Thread::Vcpu => VCPU_ONLY,
+    };
+    let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
+    let ioctls = match thread {
+        Thread::Vmm => vmm_ioctls(),
+        Thread::Vcpu => vcpu_ioctls(),
+    };
+    rules.insert(libc::SYS_ioctl, any_of(1, &ioctls)?);
+    rules.insert(libc::SYS_tgkill, tgkill_rules(thread)?);
+    rules.insert(libc::SYS_mmap, not_exec()?);
+    rules.insert(libc::SYS_mprotect, not_exec()?);
+    // Debug builds of std check that a descriptor is open before closing it.
+    rules.insert(libc::SYS_fcntl, any_of(1, &[libc::F_GETFD as u64])?);
+    Ok(rules)
+}
+
+/// `thread`'s filter as BPF: allowed syscalls pass, anything else traps (SIGSYS).
+pub fn program(thread: Thread) -> Result<BpfProgram, Error> {
+    let build = |source| Error::Build { thread, source };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(build)?;
+    let filter = SeccompFilter::new(
+        rules(thread).map_err(build)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(build)?;
+    BpfProgram::try_from(filter).map_err(build)
+}
+
+/// Installs `thread`'s filter on the calling thread only (threads it starts later inherit
+/// it), after the process-wide SIGSYS handler.
+pub fn apply(thread: Thread) -> Result<(), Error> {
+    let program = program(thread)?;
+    install_handler()?;
+    remember_thread_name();
+    seccompiler::apply_filter(&program).map_err(|source| Error::Install { thread, source })
+}
+
+/// [`apply`] when `enabled` (`--seccomp=on`), nothing otherwise.
+pub fn apply_if(enabled: bool, thread: Thread) -> Result<(), Error> {
+    if enabled {
+        apply(thread)
+    } else {
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The calling thread's name (as in /proc/self/task/TID/comm), for the SIGSYS message.
+    /// Const-initialized and without destructor: plain TLS, safe to read in a signal handler.
+    static THREAD_NAME: Cell<[u8; 16]> = const { Cell::new([0; 16]) };
+}
+
+fn remember_thread_name() {
+    let mut name = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the 16-byte buffer.
+    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr()) };
+    THREAD_NAME.with(|n| n.set(name));
+}
+
+/// Installs [`on_sigsys`] for SIGSYS, once per process.
+fn install_handler() -> Result<(), Error> {
+    static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
+    let result = RESULT.get_or_init(|| {
+        // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigsys as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
+        // SAFETY: a valid action whose handler only makes async-signal-safe calls.
+        match unsafe { libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+        }
+    });
+    result.map_err(|errno| Error::Handler(std::io::Error::from_raw_os_error(errno)))
+}
+
+/// `siginfo_t` as the kernel fills it for SIGSYS (`struct { void *_call_addr; int _syscall;
+/// unsigned int _arch; } _sigsys` after the three leading ints and padding).
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+/// `si_code` of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: libc::c_int = 1;
+
+/// A line assembled on the stack: no allocation in a signal handler.
+struct Line {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn push_number(&mut self, n: libc::c_int) {
+        if n < 0 {
+            self.push(b"-");
+        }
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut n = n.unsigned_abs();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[at..]);
+    }
+}
+
+/// The message for a trapped `syscall` (None: a SIGSYS not sent by seccomp) in thread `name`.
+fn message(name: &[u8], syscall: Option<libc::c_int>) -> Line {
+    let mut line = Line {
+        buf: [0; 160],
+        len: 0,
+    };
+    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+    line.push(b"vmm: seccomp: thread ");
+    line.push(if name.is_empty() { b"?" } else { name });
+    match syscall {
+        Some(nr) => {
+            line.push(b" made forbidden syscall ");
+            line.push_number(nr);
+        }
+        None => line.push(b" got SIGSYS"),
+    }
+    line.push(b" (run with --seccomp=off to debug, and report it)\n");
+    line
+}
+
+/// SIGSYS: terminal back, one line on stderr, exit. Async-signal-safe: no allocation, no
+/// locks; tcsetattr, write and _exit only (all allowed by every filter).
+extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; SigsysInfo is its layout
+    // for SIGSYS and no larger.
+    let info = unsafe { &*info.cast::<SigsysInfo>() };
+    let syscall = (info.code == SYS_SECCOMP).then_some(info.syscall);
+    let name = THREAD_NAME.with(Cell::get);
+    let line = message(&name, syscall);
+    crate::console::restore_terminal_signal_safe();
+    // SAFETY: writes `len` initialized bytes of a live stack buffer, then ends the process.
+    unsafe {
+        libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);
+        libc::_exit(STATUS_SECCOMP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_filters_compile() {
+        for thread in [Thread::Vmm, Thread::Vcpu] {
+            let bpf = program(thread).unwrap();
+            assert!(
+                bpf.len() > 50 && bpf.len() < 1024,
+                "{thread}: {}",
+                bpf.len()
+            );
+        }
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_headers() {
+        // Values from include/uapi/linux/kvm.h and vfio.h as the kernel computes them.
+        assert_eq!(KVM_RUN(), 0xae80);
+        assert_eq!(KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS(), 0x8138_ae83);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
+        assert_eq!(KVM_SET_GSI_ROUTING(), 0x4008_ae6a);
+        assert_eq!(KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(KVM_SET_DEVICE_ATTR(), 0x4018_aee1);
+        assert_eq!(VFIO_GET_API_VERSION(), 0x3b64);
+        assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
+        assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
+    }
+
+    #[test]
+    fn lists_are_per_thread() {
+        let vcpu = rules(Thread::Vcpu).unwrap();
+        let vmm = rules(Thread::Vmm).unwrap();
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2] {
+            assert!(vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
+        }
+        for nr in [libc::SYS_epoll_wait, libc::SYS_openat, libc::SYS_getdents64] {
+            assert!(vmm.contains_key(&nr) && !vcpu.contains_key(&nr), "{nr}");
+        }
+        for nr in [
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+        ] {
+            assert!(!vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
+        }
+        assert_eq!(vcpu[&libc::SYS_ioctl].len(), vcpu_ioctls().len());
+        assert!(!vcpu_ioctls().contains(&VFIO_DEVICE_RESET()));
+        assert!(!vmm_ioctls().contains(&KVM_RUN()));
+    }
+
+    fn text(line: &Line) -> &str {
+        std::str::from_utf8(&line.buf[..line.len]).unwrap()
+    }
+
+    #[test]
+    fn message_names_thread_and_syscall() {
+        let mut name = [0u8; 16];
+        name[..5].copy_from_slice(b"vcpu0");
+        assert_eq!(
+            text(&message(&name, Some(41))),
+            "vmm: seccomp: thread vcpu0 made forbidden syscall 41 \
+             (run with --seccomp=off to debug, and report it)\n"
+        );
+        assert_eq!(
+            text(&message(b"vmm", Some(0))),
+            "vmm: seccomp: thread vmm made forbidden syscall 0 \
+             (run with --seccomp=off to debug, and report it)\n"
+        );
+        assert!(text(&message(&[0; 16], Some(-7)))
+            .starts_with("vmm: seccomp: thread ? made forbidden syscall -7 "));
+        assert!(text(&message(b"x", None)).contains("thread x got SIGSYS"));
+        let max = message(&[b'n'; 16], Some(i32::MIN));
+        assert!(text(&max).contains(" -2147483648 ") && text(&max).ends_with('\n'));
+    }
+}
