@@ -76,7 +76,10 @@ fn soak_20_boots_poweroff_sigterm_kill9_no_leak() {
     // by up to ~50 MiB between boots in L1 with no trend.
     let before = num(f, "memfree0_kb") as i64;
     let after = num(f, "memfree_end_kb") as i64;
-    assert!(before - after < 64 * 1024, "MemFree {before} -> {after} kB: {f:?}");
+    assert!(
+        before - after < 64 * 1024,
+        "MemFree {before} -> {after} kB: {f:?}"
+    );
     let boots = run().lines("RIG-SOAK i=");
     assert_eq!(boots.len(), 20, "{boots:?}");
     for end in ["end=poweroff", "end=term", "end=kill"] {

@@ -226,11 +226,9 @@ impl std::str::FromStr for DeviceConfig {
                 "sysfsdev" => &mut sysfs,
                 "id" => &mut id,
                 "managed" => &mut managed,
-                _ => {
-                    return err(format!(
-                        "unknown key '{key}' in --device '{spec}'; keys: host, sysfsdev, id, managed"
-                    ))
-                }
+                _ => return err(format!(
+                    "unknown key '{key}' in --device '{spec}'; keys: host, sysfsdev, id, managed"
+                )),
             };
             if slot.replace(value).is_some() {
                 return err(format!("'{key}' given twice in --device '{spec}'"));
@@ -772,7 +770,10 @@ mod tests {
             ("vfio-pci,bdf=00:03.0", "unknown key 'bdf'"),
             ("vfio-pci,host=00:03.0,host=00:04.0", "'host' given twice"),
             ("vfio-pci,host=00:03", "bad PCI address"),
-            ("vfio-pci,host=00:03.0,managed=yes", "write managed=on or managed=off"),
+            (
+                "vfio-pci,host=00:03.0,managed=yes",
+                "write managed=on or managed=off",
+            ),
         ] {
             let e = bad.parse::<DeviceConfig>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");

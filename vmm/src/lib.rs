@@ -143,7 +143,9 @@ fn vm_files_open() -> bool {
     let open: Vec<String> = dir
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|t| t.display().to_string())
-        .filter(|t| t.starts_with("/dev/vfio/") || t.contains("vfio-device") || t.contains("kvm-vm"))
+        .filter(|t| {
+            t.starts_with("/dev/vfio/") || t.contains("vfio-device") || t.contains("kvm-vm")
+        })
         .collect();
     if !open.is_empty() {
         log::warn!("still open after teardown: {}", open.join(", "));
