@@ -226,9 +226,11 @@ impl std::str::FromStr for DeviceConfig {
                 "sysfsdev" => &mut sysfs,
                 "id" => &mut id,
                 "managed" => &mut managed,
-                _ => return err(format!(
+                _ => {
+                    return err(format!(
                     "unknown key '{key}' in --device '{spec}'; keys: host, sysfsdev, id, managed"
-                )),
+                ))
+                }
             };
             if slot.replace(value).is_some() {
                 return err(format!("'{key}' given twice in --device '{spec}'"));

@@ -365,7 +365,11 @@ fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"ready\n") {
-        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "guest output ended early");
+        assert_eq!(
+            stdout.read(&mut byte).unwrap(),
+            1,
+            "guest output ended early"
+        );
         seen.push(byte[0]);
     }
     let start = std::time::Instant::now();
@@ -434,11 +438,19 @@ fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"ready\n") {
-        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "guest output ended early");
+        assert_eq!(
+            stdout.read(&mut byte).unwrap(),
+            1,
+            "guest output ended early"
+        );
         seen.push(byte[0]);
     }
     let during = termios(&slave);
-    assert_eq!(during.c_lflag & (libc::ICANON | libc::ECHO), 0, "raw while the guest runs");
+    assert_eq!(
+        during.c_lflag & (libc::ICANON | libc::ECHO),
+        0,
+        "raw while the guest runs"
+    );
     // SAFETY: signals our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = child.wait_with_output().unwrap();
