@@ -121,10 +121,8 @@ mod tests {
             let exit = Arc::new(GuestExit::new().unwrap());
             let mut watch = SignalWatch::new(exit.clone()).unwrap();
             // SAFETY: sends SIGHUP to this thread only, where it is blocked.
-            assert_eq!(
-                unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) },
-                0
-            );
+            let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+            assert_eq!(rc, 0);
             let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
             let n = watch.fd.read(&mut info).unwrap();
             assert_eq!(n, info.len());
