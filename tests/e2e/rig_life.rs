@@ -8,7 +8,7 @@ mod rig;
 use rig::num;
 
 const SCENARIOS: &str =
-    "managed-poweroff,managed-sigterm,managed-error,managed-refuse,signals,soak";
+    "managed-poweroff,managed-sigterm,managed-error,managed-refuse,signals,tty,soak";
 
 fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
@@ -63,6 +63,17 @@ fn sigint_sigterm_sighup_tear_down_and_the_device_works_after() {
         assert!(ms < 10_000, "{sig} took {ms} ms to stop: {f:?}");
     }
     assert_eq!(fact(f, "after"), "ok");
+}
+
+#[test]
+fn on_a_terminal_dma_pinning_shows_progress_and_the_terminal_is_restored() {
+    let f = run().facts("tty");
+    assert_eq!(num(f, "status"), 0, "{f:?}");
+    // 3 GiB in 256 MiB chunks: the 0.0 line and one per chunk, the last at 3.0/3.0.
+    assert!(num(f, "updates") >= 13, "{f:?}");
+    assert_eq!(num(f, "final"), 1, "{f:?}");
+    assert_eq!(fact(f, "lflag_before"), fact(f, "lflag_after"), "{f:?}");
+    assert_eq!(fact(f, "iflag_before"), fact(f, "iflag_after"), "{f:?}");
 }
 
 #[test]

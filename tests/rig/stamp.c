@@ -17,6 +17,14 @@
  * stamp_terminated=1 and exits 124, so the caller can tell a timeout from a crash.
  * The child also gets PR_SET_PDEATHSIG(SIGKILL), so it never outlives a killed stamp.
  *
+ * STAMP_PTY=1: CMD gets a new pseudo-terminal as its controlling terminal, stdin, stdout
+ * and stderr (to see what a VMM does on a terminal: raw mode, progress lines), and after it
+ * ended stamp prints
+ *
+ *   RIG-PTY lflag_before=<hex> lflag_after=<hex> iflag_before=<hex> iflag_after=<hex>
+ *
+ * (the terminal's termios flags before CMD started and after it ended).
+ *
  * RSS rule: rss_kb is the sum of the "Rss:" lines of every mapping in
  * /proc/PID/smaps EXCEPT anonymous mappings (inode 0 and no path, or an
  * "[anon:...]" name) of size >= 256 MiB. Those are taken to be guest RAM, which a
@@ -27,7 +35,11 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,7 +124,20 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 
 	int pfd[2];
-	if (pipe(pfd) < 0) {
+	const char *pty_env = getenv("STAMP_PTY");
+	int use_pty = pty_env && strcmp(pty_env, "1") == 0;
+	struct termios before, after;
+	char pty_name[64] = "";
+	if (use_pty) {
+		/* pfd[0] = master (read by us), pfd[1] = slave (the child's terminal). */
+		if (openpty(&pfd[0], &pfd[1], pty_name, NULL, NULL) < 0 ||
+		    tcgetattr(pfd[1], &before) < 0) {
+			perror("stamp: openpty");
+			return 2;
+		}
+		/* The child's session ending hangs the terminal up: that SIGHUP is not for us. */
+		signal(SIGHUP, SIG_IGN);
+	} else if (pipe(pfd) < 0) {
 		perror("stamp: pipe");
 		return 2;
 	}
@@ -130,6 +155,11 @@ int main(int argc, char **argv)
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGINT, SIG_DFL);
 		signal(SIGHUP, SIG_DFL);
+		if (use_pty) {
+			setsid();
+			ioctl(pfd[1], TIOCSCTTY, 0);
+			dup2(pfd[1], 0);
+		}
 		dup2(pfd[1], 1);
 		dup2(pfd[1], 2);
 		close(pfd[0]);
@@ -138,12 +168,30 @@ int main(int argc, char **argv)
 		fprintf(stderr, "stamp: exec %s: %s\n", cmd[0], strerror(errno));
 		_exit(127);
 	}
-	close(pfd[1]);
+	/* With a pty our copy of the slave stays open (to read its termios at the end), so the
+	 * master never reports end of file: the child's exit ends the loop instead. */
+	if (!use_pty)
+		close(pfd[1]);
 
 	static char buf[65536];
 	size_t len = 0;
-	int found = 0, killed = 0;
+	int found = 0, killed = 0, reaped = 0, st = 0;
 	for (;;) {
+		if (use_pty && !reaped) {
+			struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+			/* Only POLLIN counts: the master also reports POLLHUP once the child's
+			 * session ended, while a read would still block. */
+			if (poll(&p, 1, 200) <= 0 || !(p.revents & POLLIN)) {
+				if (waitpid(pid, &st, WNOHANG) == pid)
+					reaped = 1;
+				continue;
+			}
+		} else if (use_pty) {
+			/* Reaped: drain what is left without blocking. */
+			struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+			if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+				break;
+		}
 		if (got_signal && !killed) {
 			kill(pid, SIGKILL);
 			killed = 1;
@@ -199,10 +247,27 @@ int main(int argc, char **argv)
 		write_all(1, buf, len);
 		write_all(1, "\n", 1);
 	}
+	if (use_pty) {
+		char line[160];
+		int m = 0;
+		/* Our slave descriptor was hung up with the child's session: open the terminal
+		 * again (its settings live on with the master) to read them. */
+		int again = open(pty_name, O_RDWR | O_NOCTTY);
+		if (again >= 0 && tcgetattr(again, &after) == 0)
+			m = snprintf(line, sizeof(line),
+				     "RIG-PTY lflag_before=%x lflag_after=%x iflag_before=%x iflag_after=%x\n",
+				     (unsigned)before.c_lflag, (unsigned)after.c_lflag,
+				     (unsigned)before.c_iflag, (unsigned)after.c_iflag);
+		else
+			m = snprintf(line, sizeof(line), "RIG-PTY error=%d\n", errno);
+		write_all(1, line, (size_t)m);
+		if (again >= 0)
+			close(again);
+		close(pfd[1]);
+	}
 	close(pfd[0]);
 
-	int st = 0;
-	while (waitpid(pid, &st, 0) < 0) {
+	while (!reaped && waitpid(pid, &st, 0) < 0) {
 		if (errno != EINTR) {
 			perror("stamp: waitpid");
 			return 2;
