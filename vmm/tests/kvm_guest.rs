@@ -4,7 +4,7 @@
 //! These need /dev/kvm. They fail (never skip) when it is missing.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 const VMM: &str = env!("CARGO_BIN_EXE_vmm");
 const LOAD_ADDR: u64 = 0x10_0000;
@@ -114,7 +114,7 @@ impl Guest {
             .arg(&self.path)
             .args(["--memory", "16M"])
             .args(extra)
-            .stdin(std::process::Stdio::null())
+            .stdin(Stdio::null())
             .output()
             .expect("run vmm")
     }
@@ -158,7 +158,7 @@ fn stdin_reaches_the_guest_uart() {
         .arg("--kernel")
         .arg(&guest.path)
         .args(["--memory", "16M", "--debug-exit", "--timeout", "20"])
-        .stdin(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
@@ -345,33 +345,38 @@ fn help_documents_every_option() {
     }
 }
 
-/// Starts vmm on a 2-vCPU guest that prints "ready" and then spins (the AP sits in KVM
-/// waiting for a SIPI), sends `sig` once the guest runs, and returns the result and how long
-/// the VMM took to stop.
-fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
+/// Starts vmm (with `args`, stdin from `stdin`) on a guest that prints "ready" and then
+/// spins, and returns once the guest has printed it: the VM runs.
+fn start_spinning_guest(name: &str, args: &[&str], stdin: std::process::Stdio) -> Child {
     use std::io::Read;
     let code = [print(b"ready\n"), SPIN.to_vec()].concat();
     let guest = Guest::new(name, &code);
     let mut child = Command::new(VMM)
         .arg("--kernel")
         .arg(&guest.path)
-        .args(["--memory", "16M", "--cpus", "2", "--timeout", "60"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .args(["--memory", "16M", "--timeout", "60"])
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let stdout = child.stdout.as_mut().unwrap();
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
     while !seen.ends_with(b"ready\n") {
-        assert_eq!(
-            stdout.read(&mut byte).unwrap(),
-            1,
-            "guest output ended early"
-        );
+        let n = stdout.read(&mut byte).unwrap();
+        assert_eq!(n, 1, "guest output ended early");
         seen.push(byte[0]);
     }
+    child
+}
+
+/// Starts vmm on a 2-vCPU guest that prints "ready" and then spins (the AP sits in KVM
+/// waiting for a SIPI), sends `sig` once the guest runs, and returns the result and how long
+/// the VMM took to stop.
+fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
+    let child = start_spinning_guest(name, &["--cpus", "2"], Stdio::null());
     let start = std::time::Instant::now();
     // SAFETY: signals our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
@@ -396,7 +401,6 @@ fn sigint_sigterm_sighup_stop_the_guest_in_order() {
 
 #[test]
 fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
-    use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two descriptors into the given ints; the other pointers may be null.
@@ -423,28 +427,7 @@ fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
     let before = termios(&slave);
     assert_ne!(before.c_lflag & libc::ICANON, 0, "a fresh pty is cooked");
 
-    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
-    let guest = Guest::new("pty", &code);
-    let mut child = Command::new(VMM)
-        .arg("--kernel")
-        .arg(&guest.path)
-        .args(["--memory", "16M", "--timeout", "60"])
-        .stdin(slave.try_clone().unwrap())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"ready\n") {
-        assert_eq!(
-            stdout.read(&mut byte).unwrap(),
-            1,
-            "guest output ended early"
-        );
-        seen.push(byte[0]);
-    }
+    let child = start_spinning_guest("pty", &[], slave.try_clone().unwrap().into());
     let during = termios(&slave);
     assert_eq!(
         during.c_lflag & (libc::ICANON | libc::ECHO),
@@ -481,27 +464,8 @@ fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
 
 #[test]
 fn every_thread_runs_under_its_seccomp_filter_unless_off() {
-    use std::io::Read;
-    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
-    let guest = Guest::new("seccomp", &code);
     for (flag, mode) in [("--seccomp=on", "2"), ("--seccomp=off", "0")] {
-        let mut child = Command::new(VMM)
-            .arg("--kernel")
-            .arg(&guest.path)
-            .args(["--memory", "16M", "--cpus", "2", "--timeout", "60", flag])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !seen.ends_with(b"ready\n") {
-            let n = stdout.read(&mut byte).unwrap();
-            assert_eq!(n, 1, "guest output ended early");
-            seen.push(byte[0]);
-        }
+        let child = start_spinning_guest("seccomp", &["--cpus", "2", flag], Stdio::null());
         // The main thread installs its filter just before its event loop: give it a moment.
         let want: Vec<(String, String)> = ["vcpu0", "vcpu1", "vmm"]
             .iter()
