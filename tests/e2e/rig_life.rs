@@ -83,8 +83,11 @@ fn soak_20_boots_poweroff_sigterm_kill9_no_leak() {
     assert_eq!(num(f, "passed"), 20, "{f:?}");
     assert_eq!(fact(f, "final"), "ok", "devices usable after the soak");
     assert_eq!(fact(f, "warmup"), "ok", "{f:?}");
-    // No page stays pinned: the kernel's FOLL_PIN counters are back exactly where they were.
-    assert_eq!(num(f, "pins0"), num(f, "pins_end"), "{f:?}");
+    // No page stays pinned: the kernel's FOLL_PIN counters are back where they were, give or
+    // take the few pages another L1 user pins on and off (0 or 6 seen); one leaked pin of
+    // guest RAM would be 131072 pages.
+    let pins = |key: &str| num(f, key) as i64;
+    assert!((pins("pins_end") - pins("pins0")).abs() <= 64, "{f:?}");
     // Baseline after one warm-up boot. A leaked pin is the guest's 512 MiB; MemFree flips
     // between two levels ~50 MiB apart from boot to boot in L1, with no trend.
     let before = num(f, "memfree0_kb") as i64;
@@ -109,6 +112,7 @@ fn soak_20_boots_poweroff_sigterm_kill9_no_leak() {
         {
             assert!(p > 130_000, "{line}");
         }
-        assert_eq!(num(&facts, "pinned_after"), 0, "{line}");
+        let after: i64 = facts["pinned_after"].parse().unwrap();
+        assert!(after.abs() <= 64, "{line}");
     }
 }
