@@ -15,17 +15,7 @@ rc=0
 "$RIG/run.sh" "bench-$ROUNDS" | tee "$raw" >&2 || rc=$?
 
 # Only the rounds of the last attempt count (run.sh reruns everything after an L1 freeze).
-awk -v kver="$(cat "$RIG/out/kver" 2>/dev/null || echo '?')" '
-function val(line, key,    n, i, a, kv) {
-    n = split(line, a, " ")
-    for (i = 1; i <= n; i++) { split(a[i], kv, "="); if (kv[1] == key) return kv[2] }
-    return ""
-}
-function median(arr, n,    i, j, t) {
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && arr[j-1] > arr[j]; j--) { t = arr[j]; arr[j] = arr[j-1]; arr[j-1] = t }
-    if (n == 0) return "n/a"
-    return (n % 2) ? arr[(n+1)/2] : (arr[n/2] + arr[n/2+1]) / 2
-}
+awk -v kver="$(cat "$RIG/out/kver" 2>/dev/null || echo '?')" "$(cat "$RIG/bench.awk")"'
 function ratio(a, b, k) {
     if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) { r[k, ++nr[k]] = a / b; return sprintf("%.2f", a / b) }
     return "n/a"

@@ -15,17 +15,7 @@ trap 'rm -f "$raw"' EXIT
 rc=0
 "$RIG/run.sh" "bench-dev-$ROUNDS" | tee "$raw" >&2 || rc=$?
 
-awk '
-function val(line, key,    n, i, a, kv) {
-    n = split(line, a, " ")
-    for (i = 1; i <= n; i++) { split(a[i], kv, "="); if (kv[1] == key) return kv[2] }
-    return ""
-}
-function median(arr, n,    i, j, t) {
-    for (i = 2; i <= n; i++) for (j = i; j > 1 && arr[j-1] > arr[j]; j--) { t = arr[j]; arr[j] = arr[j-1]; arr[j-1] = t }
-    if (n == 0) return "n/a"
-    return (n % 2) ? arr[(n+1)/2] : (arr[n/2] + arr[n/2+1]) / 2
-}
+awk "$(cat "$RIG/bench.awk")"'
 /^RIG-ATTEMPT/ { delete irq; delete mm; delete dma; rounds = 0 }
 /^RIG-BENCH-IRQ/ {
     r = val($0, "round"); t = val($0, "tool"); m = val($0, "mode")

@@ -44,13 +44,10 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<config::Command, conf
     let mut args = args;
     let mut cfg = CheckConfig::default();
     while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| match inline.clone().or_else(|| args.next()) {
-            Some(v) => Ok(v),
-            None => config::err(format!("{name} needs a value: vmm check {name} {what}")),
+        let (name, inline) = config::split_option(&arg);
+        let mut value = |what: &str| {
+            let usage = format!("vmm check {name} {what}");
+            config::option_value(&name, inline.clone(), &mut args, &usage)
         };
         match name.as_str() {
             "-h" | "--help" => return Ok(config::Command::Help),

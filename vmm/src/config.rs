@@ -337,6 +337,29 @@ fn parse_number<T: std::str::FromStr>(s: &str) -> Option<T> {
     }
 }
 
+/// An argument as option name and inline value: `--name=value` splits, anything else is
+/// all name.
+pub(crate) fn split_option(arg: &str) -> (String, Option<String>) {
+    match arg.split_once('=') {
+        Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+        _ => (arg.to_owned(), None),
+    }
+}
+
+/// The value of option `name`: its inline `=value`, else the next argument; `usage` shows how
+/// to give it in the error.
+pub(crate) fn option_value(
+    name: &str,
+    inline: Option<String>,
+    rest: &mut impl Iterator<Item = String>,
+    usage: &str,
+) -> Result<String, Error> {
+    match inline.or_else(|| rest.next()) {
+        Some(v) => Ok(v),
+        None => err(format!("{name} needs a value: {usage}")),
+    }
+}
+
 impl Command {
     /// Parses the arguments after the program name.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, Error> {
@@ -359,15 +382,9 @@ impl Command {
             verbose: 0,
         };
         while let Some(arg) = args.next() {
-            let (name, inline) = match arg.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |what: &str| -> Result<String, Error> {
-                match inline.clone().or_else(|| args.next()) {
-                    Some(v) => Ok(v),
-                    None => err(format!("{name} needs a value: {name} {what}")),
-                }
+            let (name, inline) = split_option(&arg);
+            let mut value = |what: &str| {
+                option_value(&name, inline.clone(), &mut args, &format!("{name} {what}"))
             };
             match name.as_str() {
                 "-h" | "--help" => return Ok(Command::Help),

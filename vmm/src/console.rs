@@ -40,7 +40,9 @@ pub fn enter_raw_mode() {
     }));
 }
 
-/// Puts the terminal back as it was before [`enter_raw_mode`]. Safe to call any time.
+/// Puts the terminal back as it was before [`enter_raw_mode`]. Safe to call any time, also
+/// from a signal handler (the seccomp SIGSYS handler): it only loads the saved settings (no
+/// lock, no allocation) and calls tcsetattr, an ioctl.
 pub fn restore_terminal() {
     if let Some(t) = SAVED_TERMIOS.get() {
         // SAFETY: valid descriptor and the termios saved from it.
@@ -91,14 +93,5 @@ impl MutEventSubscriber for StdinInput {
             // Regular files and /dev/null cannot be polled: no input then.
             log::debug!("console: not reading stdin: {e:?}");
         }
-    }
-}
-
-/// [`restore_terminal`] for signal handlers (the seccomp SIGSYS handler): async-signal-safe,
-/// as it only loads the saved settings (no lock, no allocation) and calls tcsetattr.
-pub fn restore_terminal_signal_safe() {
-    if let Some(t) = SAVED_TERMIOS.get() {
-        // SAFETY: valid descriptor and the termios saved from it; tcsetattr is an ioctl.
-        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, t) };
     }
 }

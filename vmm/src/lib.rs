@@ -125,17 +125,18 @@ const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
 /// managed devices back; returns why the guest stopped.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
     let bindings = managed::bind(&cfg.devices)?;
-    let (result, released) = run_vm(cfg);
-    if released && !vm_files_open() {
+    let result = run_vm(cfg);
+    // A vCPU thread that would not stop still holds the VM and its devices: then dropping
+    // the bindings says which devices stay on vfio-pci and how to rebind them, since
+    // vfio-pci's unbind would wait forever for files this process holds.
+    if bindings.is_empty() || !vm_files_open() {
         managed::restore(bindings);
     }
-    // Otherwise dropping the bindings says which devices stay on vfio-pci and how to
-    // rebind them: vfio-pci's unbind would wait forever for files this process holds.
     result
 }
 
-/// Whether this process still holds a KVM VM or VFIO file (then managed devices cannot be
-/// unbound from vfio-pci).
+/// Whether this process still holds a KVM VM, vCPU or VFIO file (then managed devices
+/// cannot be unbound from vfio-pci).
 fn vm_files_open() -> bool {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return false;
@@ -143,9 +144,7 @@ fn vm_files_open() -> bool {
     let open: Vec<String> = dir
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .map(|t| t.display().to_string())
-        .filter(|t| {
-            t.starts_with("/dev/vfio/") || t.contains("vfio-device") || t.contains("kvm-vm")
-        })
+        .filter(|t| t.starts_with("/dev/vfio/") || t.contains("vfio-device") || t.contains("kvm-"))
         .collect();
     if !open.is_empty() {
         log::warn!("still open after teardown: {}", open.join(", "));
@@ -153,25 +152,15 @@ fn vm_files_open() -> bool {
     !open.is_empty()
 }
 
-/// Builds, runs and tears down the guest. The flag says whether everything was released
-/// (false only when a vCPU thread would not stop).
-fn run_vm(cfg: &VmConfig) -> (Result<ExitReason, Error>, bool) {
-    let mut vm = match builder::build(cfg) {
-        Ok(vm) => vm,
-        Err(e) => return (Err(e.into()), true),
-    };
-    let events = match event_loop(cfg, &vm) {
-        Ok(events) => events,
-        Err(e) => return (Err(e), true),
-    };
+/// Builds, runs and tears down the guest.
+fn run_vm(cfg: &VmConfig) -> Result<ExitReason, Error> {
+    let mut vm = builder::build(cfg)?;
+    let events = event_loop(cfg, &vm)?;
     console::enter_raw_mode();
-    let running = match vcpu::Running::start(vm.vcpus.drain(..).collect()) {
-        Ok(running) => running,
-        Err(e) => return (Err(os_err("start a vCPU thread")(e)), true),
-    };
-    if let Err(e) = seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm) {
-        return (Err(e.into()), running.stop(VCPU_STOP_PATIENCE));
-    }
+    // On an early return `running` drops, which stops the vCPU threads.
+    let running = vcpu::Running::start(vm.vcpus.drain(..).collect())
+        .map_err(os_err("start a vCPU thread"))?;
+    seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm)?;
     let reason = wait_for_exit(&vm, events);
     // Teardown, in order: no vCPU runs, the devices are quiet, then every file goes.
     let released = running.stop(VCPU_STOP_PATIENCE);
@@ -180,6 +169,7 @@ fn run_vm(cfg: &VmConfig) -> (Result<ExitReason, Error>, bool) {
         let injected = vec![("serial".to_string(), serial)];
         stats::Report::collect(&vm.exits, &vm.pio, &vm.mmio, injected).render(format)
     });
+    // A stuck vCPU may hold a device lock: quiescing would wait for it.
     if released {
         vm.passthrough.shutdown();
     }
@@ -189,7 +179,7 @@ fn run_vm(cfg: &VmConfig) -> (Result<ExitReason, Error>, bool) {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "{report}");
     }
-    (Ok(reason), released)
+    Ok(reason)
 }
 
 /// The main thread's event loop: the exit request, console input, signals, `--timeout`.

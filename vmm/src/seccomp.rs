@@ -423,7 +423,7 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *
     let syscall = (info.code == SYS_SECCOMP).then_some(info.syscall);
     let name = THREAD_NAME.with(Cell::get);
     let line = message(&name, syscall);
-    crate::console::restore_terminal_signal_safe();
+    crate::console::restore_terminal();
     // SAFETY: writes `len` initialized bytes of a live stack buffer, then ends the process.
     unsafe {
         libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len);

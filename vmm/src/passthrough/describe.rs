@@ -39,21 +39,19 @@ pub(super) fn device_summary(device: &Device, intx_gsi: Option<u32>) -> String {
 /// 12 KiB mapped + 4 KiB trapped`, `BAR1 32 bytes I/O at ADDR trapped`, `ROM 64 KiB at ADDR
 /// trapped`: `mapped` of its `size` bytes are mmapped into the guest, the rest trapped.
 fn describe_bar(index: u8, kind: BarKind, size: u64, addr: u64, mapped: u64) -> String {
-    let kind = match kind {
-        BarKind::Io => "I/O",
-        BarKind::Mem32 {
-            prefetchable: false,
-        } => "32-bit",
-        BarKind::Mem32 { prefetchable: true } => "32-bit prefetchable",
-        BarKind::Mem64 {
-            prefetchable: false,
-        } => "64-bit",
-        BarKind::Mem64 { prefetchable: true } => "64-bit prefetchable",
-        BarKind::Rom => "",
-    };
+    let size_text = format_size(size);
     let name = match kind {
-        "" => format!("ROM {} at {addr:#x}", format_size(size)),
-        _ => format!("BAR{index} {} {kind} at {addr:#x}", format_size(size)),
+        BarKind::Rom => format!("ROM {size_text} at {addr:#x}"),
+        BarKind::Io => format!("BAR{index} {size_text} I/O at {addr:#x}"),
+        BarKind::Mem32 { prefetchable } | BarKind::Mem64 { prefetchable } => {
+            let bits = if matches!(kind, BarKind::Mem32 { .. }) {
+                32
+            } else {
+                64
+            };
+            let prefetch = if prefetchable { " prefetchable" } else { "" };
+            format!("BAR{index} {size_text} {bits}-bit{prefetch} at {addr:#x}")
+        }
     };
     let trapped = size.saturating_sub(mapped);
     match (mapped, trapped) {

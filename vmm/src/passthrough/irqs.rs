@@ -84,12 +84,9 @@ impl DeviceIrqs {
         self.update_vectors(dev);
     }
 
-    /// Turns the device's interrupts off and unwires them (the VM is going away).
-    pub fn shutdown(&mut self, host: &HostDevice) {
-        self.teardown(host);
-    }
-
-    fn teardown(&mut self, host: &HostDevice) {
+    /// Turns the device's interrupts off and unwires them from KVM (on a mode change, and
+    /// when the VM is going away).
+    pub fn teardown(&mut self, host: &HostDevice) {
         match self.mode {
             Mode::Off => return,
             Mode::Intx => {

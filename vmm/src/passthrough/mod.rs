@@ -364,7 +364,7 @@ impl Passthrough {
         for device in self.devices.iter() {
             let model = lock(&device.model);
             let host = model.backend();
-            lock(&device.irqs).shutdown(host);
+            lock(&device.irqs).teardown(host);
             if host.can_reset() && !host.reset() {
                 log::warn!("{}: reset at shutdown failed", host.name);
             }
