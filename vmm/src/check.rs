@@ -12,6 +12,7 @@
 //! The roots it reads below ([`Host`]) are injectable so tests run against a fake tree.
 
 use crate::config::{self, DeviceConfig};
+use diag::Explain as _;
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -126,8 +127,9 @@ impl Check {
         Self::new(name, Status::Fail, detail).with_fix(fix)
     }
 
-    /// A failure whose detail and fix are a vfio error's message.
-    fn failed(name: impl Into<String>, (problem, fix): (String, String)) -> Self {
+    /// A failure whose detail and fix are an error's problem and fix.
+    fn failed(name: impl Into<String>, e: &impl diag::Explain) -> Self {
+        let diag::Advice { problem, fix } = e.advice();
         Self::fail(name, problem, fix)
     }
 
@@ -142,7 +144,8 @@ impl Check {
         self
     }
 
-    /// `STATUS  [indent]name: detail[: fix]`; a detail that starts with the name and a space
+    /// `STATUS  [indent]name: detail[; fix]` (a run prints the same problem and fix as
+    /// `problem; fix`); a detail that starts with the name and a space
     /// (a vfio message such as "device X is bound to ...") stands for both.
     fn line(&self) -> String {
         let mut out = format!(
@@ -156,7 +159,7 @@ impl Check {
         }
         out.push_str(&self.detail);
         if let Some(fix) = &self.fix {
-            let _ = write!(out, ": {fix}");
+            let _ = write!(out, "; {fix}");
         }
         out
     }
@@ -358,12 +361,12 @@ impl Host {
         let spec = cfg.spec();
         let dev = match sysfs.device(&spec) {
             Ok(dev) => dev,
-            Err(e) => return vec![Check::failed(format!("device {spec}"), e.problem_and_fix())],
+            Err(e) => return vec![Check::failed(format!("device {spec}"), &e)],
         };
         let name = format!("device {}", dev.name);
         let group = match sysfs.require_group(&dev) {
             Ok(group) => group,
-            Err(e) => return vec![Check::failed(name, e.problem_and_fix())],
+            Err(e) => return vec![Check::failed(name, &e)],
         };
         let bound = sysfs.require_vfio_pci(&dev);
         let mut checks = vec![match &bound {
@@ -375,7 +378,7 @@ impl Host {
                     driver_text(driver.as_deref())
                 ),
             ),
-            Err(e) => Check::failed(name, e.problem_and_fix()),
+            Err(e) => Check::failed(name, &e),
         }];
         checks.extend(group_checks(&sysfs, group, managed));
         if bound.is_ok() {
@@ -392,9 +395,7 @@ impl Host {
         let device = device.to_string();
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
-            Err(_) => {
-                return Check::failed(name, Error::NoGroupNode { group, device }.problem_and_fix())
-            }
+            Err(_) => return Check::failed(name, &Error::NoGroupNode { group, device }),
         };
         let owner = format!(
             "owner {}:{}, mode {:04o}",
@@ -409,11 +410,11 @@ impl Host {
         match opened.map_err(|e| e.raw_os_error()) {
             Ok(_) => Check::pass(name, format!("{owner}, opens read-write")),
             Err(Some(libc::EBUSY)) => {
-                let (problem, fix) = Error::Busy { group, device }.problem_and_fix();
+                let diag::Advice { problem, fix } = Error::Busy { group, device }.advice();
                 Check::warn(name, format!("{owner}; {problem}"), fix)
             }
             Err(Some(libc::EACCES | libc::EPERM)) => {
-                let (problem, fix) = Error::Permission { group, device }.problem_and_fix();
+                let diag::Advice { problem, fix } = Error::Permission { group, device }.advice();
                 Check::fail(name, format!("{owner}; {problem}"), fix)
             }
             Err(errno) => Check::fail(
@@ -432,7 +433,7 @@ fn group_checks(sysfs: &Sysfs, group: u32, managed: &[String]) -> Vec<Check> {
     let name = format!("IOMMU group {group}");
     let members = match sysfs.group_devices(group) {
         Ok(members) => members,
-        Err(e) => return vec![Check::failed(name, e.problem_and_fix()).nested(1)],
+        Err(e) => return vec![Check::failed(name, &e).nested(1)],
     };
     let viable = Check::pass(
         &name,
@@ -447,10 +448,10 @@ fn group_checks(sysfs: &Sysfs, group: u32, managed: &[String]) -> Vec<Check> {
                 .collect();
             match blockers.is_empty() {
                 true => viable,
-                false => Check::failed(&name, NotViable { group, blockers }.problem_and_fix()),
+                false => Check::failed(&name, &NotViable { group, blockers }),
             }
         }
-        Err(e) => Check::failed(&name, e.problem_and_fix()),
+        Err(e) => Check::failed(&name, &e),
     };
     let mut checks = vec![verdict.nested(1)];
     checks.extend(
@@ -482,11 +483,11 @@ fn member_check(m: &GroupMember, managed: bool) -> Check {
     if managed {
         return Check::pass(name, detail + "; managed=on moves it to vfio-pci");
     }
-    let (_, fix) = vfio::sysfs::Error::NotVfioBound {
+    let diag::Advice { fix, .. } = vfio::sysfs::Error::NotVfioBound {
         device: m.name.clone(),
         driver: m.driver.clone(),
     }
-    .problem_and_fix();
+    .advice();
     Check::fail(name, detail, fix)
 }
 
@@ -659,7 +660,7 @@ fn memlock_verdict(limit: MemlockLimit, memory: Option<u64>) -> Check {
                     config::format_size(mem)
                 ),
             ),
-            Err(e) => Check::failed(NAME, e.problem_and_fix()),
+            Err(e) => Check::failed(NAME, &e),
         },
         None if bytes < MEMLOCK_WARN_BELOW => Check::warn(
             NAME,
@@ -798,9 +799,9 @@ mod tests {
             Check::pass("kvm", "/dev/kvm, API 12"),
             Check::failed(
                 "device 0000:00:02.0",
-                (
-                    "device 0000:00:02.0 is bound to no driver, not vfio-pci".into(),
-                    "modprobe vfio-pci".into(),
+                &diag::Advice::new(
+                    "device 0000:00:02.0 is bound to no driver, not vfio-pci",
+                    "modprobe vfio-pci",
                 ),
             ),
             Check::pass("IOMMU group 2", "viable, 1 device").nested(1),
@@ -808,7 +809,7 @@ mod tests {
         ];
         let want = "\
 PASS  kvm: /dev/kvm, API 12
-FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci: modprobe vfio-pci
+FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci; modprobe vfio-pci
 PASS    IOMMU group 2: viable, 1 device
 WARN      member 0000:00:02.0: no driver
 ";
@@ -842,11 +843,11 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(lines[0].status, Status::Fail);
         assert!(lines[1]
             .line()
-            .starts_with("FAIL  kvm capabilities: missing irqfd: "));
+            .starts_with("FAIL  kvm capabilities: missing irqfd; "));
         let denied = kvm_open_failure(path, libc::EACCES);
         assert!(denied
             .line()
-            .contains("permission denied: add your user to the kvm group"));
+            .contains("permission denied; add your user to the kvm group"));
         assert!(kvm_open_failure(path, libc::ENOENT)
             .line()
             .contains("modprobe kvm_intel"));
@@ -993,6 +994,7 @@ WARN      member 0000:00:02.0: no driver
             let dev = format!("sys/devices/pci0000:00/{bdf}");
             self.write(&format!("{dev}/class"), &format!("{class:#08x}\n"));
             self.link(&format!("sys/bus/pci/devices/{bdf}"), &dev);
+            self.link(&format!("{dev}/subsystem"), "sys/bus/pci");
             let gdir = format!("sys/kernel/iommu_groups/{group}");
             self.link(&format!("{gdir}/devices/{bdf}"), &dev);
             self.link(&format!("{dev}/iommu_group"), &gdir);
@@ -1054,7 +1056,7 @@ WARN      member 0000:00:02.0: no driver
         assert!(host
             .vfio()
             .line()
-            .starts_with("FAIL  vfio: vfio-pci is not loaded: modprobe"));
+            .starts_with("FAIL  vfio: vfio-pci is not loaded; modprobe"));
         fake.pci("0000:00:03.0", 3, 0x00ff00, "vfio-pci");
         std::fs::create_dir_all(fake.root.join("sys/class/iommu/dmar0")).unwrap();
         assert_eq!(
@@ -1109,7 +1111,7 @@ WARN      member 0000:00:02.0: no driver
         );
         assert!(
             lines[1].starts_with(
-                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic: \
+                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic; \
                  bind every device of the group to vfio-pci ("
             ),
             "{}",
@@ -1122,7 +1124,7 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(lines[3], "PASS      member 0000:01:01.0: bound to vfio-pci");
         assert!(
             lines[4].starts_with(
-                "FAIL      member 0000:01:02.0: bound to uio_pci_generic: modprobe vfio-pci; \
+                "FAIL      member 0000:01:02.0: bound to uio_pci_generic; modprobe vfio-pci; \
                  echo vfio-pci > /sys/bus/pci/devices/0000:01:02.0/driver_override; \
                  echo 0000:01:02.0 > /sys/bus/pci/drivers/uio_pci_generic/unbind"
             ),
@@ -1143,7 +1145,7 @@ WARN      member 0000:00:02.0: no driver
         let lines = fake.check("vfio-pci,host=00:02.0");
         assert!(
             lines[0].starts_with(
-                "FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci: modprobe vfio-pci; "
+                "FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci; modprobe vfio-pci; "
             ),
             "{}",
             lines[0]
@@ -1155,7 +1157,7 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(missing.len(), 1);
         assert!(missing[0].starts_with("FAIL  device 0000:00:09.0: no device 0000:00:09.0 in "));
         assert!(
-            missing[0].ends_with(": check the address with lspci -D"),
+            missing[0].ends_with("; check the address with lspci -D"),
             "{}",
             missing[0]
         );
@@ -1166,7 +1168,7 @@ WARN      member 0000:00:02.0: no driver
         .unwrap();
         let groupless = fake.check("vfio-pci,host=00:02.0");
         assert_eq!(groupless.len(), 1);
-        assert!(groupless[0].starts_with("FAIL  device 0000:00:02.0 has no IOMMU group: enable"));
+        assert!(groupless[0].starts_with("FAIL  device 0000:00:02.0 has no IOMMU group; enable"));
     }
 
     #[test]
@@ -1183,7 +1185,7 @@ WARN      member 0000:00:02.0: no driver
         );
         assert!(
             lines[1].starts_with(
-                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to edu: bind every"
+                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to edu; bind every"
             ),
             "{}",
             lines[1]
@@ -1192,7 +1194,7 @@ WARN      member 0000:00:02.0: no driver
             lines[3],
             "PASS      member 0000:01:01.0: bound to edu; managed=on moves it to vfio-pci"
         );
-        assert!(lines[4].starts_with("FAIL      member 0000:01:02.0: bound to edu: "));
+        assert!(lines[4].starts_with("FAIL      member 0000:01:02.0: bound to edu; "));
         assert_eq!(
             lines.len(),
             5,
@@ -1207,7 +1209,7 @@ WARN      member 0000:00:02.0: no driver
         let lines = fake.check("vfio-pci,host=00:03.0");
         assert!(
             lines[3].starts_with(
-                "FAIL    /dev/vfio/3: no /dev/vfio/3 for 0000:00:03.0: bind it to vfio-pci (echo "
+                "FAIL    /dev/vfio/3: no /dev/vfio/3 for 0000:00:03.0; bind it to vfio-pci (echo "
             ),
             "{}",
             lines[3]

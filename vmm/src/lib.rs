@@ -12,6 +12,7 @@ pub mod builder;
 pub mod check;
 pub mod config;
 pub mod console;
+pub mod images;
 pub mod interrupts;
 pub mod logger;
 pub mod managed;
@@ -38,19 +39,17 @@ pub const STATUS_CRASH: i32 = 2;
 pub const STATUS_ERROR: i32 = 1;
 
 /// Errors of a run after the VM is built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// Building the VM failed.
-    #[error(transparent)]
-    Build(#[from] builder::Error),
+    Build(builder::Error),
+    /// The devices given cannot be passed through together.
+    Passthrough(passthrough::Error),
     /// A `managed=on` device could not be moved to vfio-pci.
-    #[error(transparent)]
-    Managed(#[from] vfio::bind::Error),
+    Managed(vfio::bind::Error),
     /// A seccomp filter could not be installed.
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::Error),
+    Seccomp(seccomp::Error),
     /// The event loop or a thread could not be set up.
-    #[error("cannot {what}: {source}")]
     Os {
         /// What.
         what: &'static str,
@@ -58,6 +57,28 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        match self {
+            Error::Build(e) => e.advice(),
+            Error::Passthrough(e) => e.advice(),
+            Error::Managed(e) => e.advice(),
+            Error::Seccomp(e) => e.advice(),
+            Error::Os { what, source } => diag::Advice::new(
+                format!("cannot {what}: {source}"),
+                "check the process's limits (ulimit -n, ulimit -u) and free memory",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
+diag::wrap!(Error:
+    Build(builder::Error),
+    Passthrough(passthrough::Error),
+    Managed(vfio::bind::Error),
+    Seccomp(seccomp::Error),
+);
 
 /// The exit status for a guest that stopped for `reason`, with its message if any.
 pub fn exit_status(reason: &ExitReason) -> (i32, Option<String>) {
@@ -124,8 +145,11 @@ const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
 /// Moves managed devices to vfio-pci, builds and runs the guest, tears it down and puts the
 /// managed devices back; returns why the guest stopped.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
+    // The kernel and initramfs are judged before any device moves.
+    let images = builder::prepare(cfg)?;
+    passthrough::check_distinct(&cfg.devices)?;
     let bindings = managed::bind(&cfg.devices)?;
-    let result = run_vm(cfg);
+    let result = run_vm(cfg, images);
     // A vCPU thread that would not stop still holds the VM and its devices: then dropping
     // the bindings says which devices stay on vfio-pci and how to rebind them, since
     // vfio-pci's unbind would wait forever for files this process holds.
@@ -153,8 +177,8 @@ fn vm_files_open() -> bool {
 }
 
 /// Builds, runs and tears down the guest.
-fn run_vm(cfg: &VmConfig) -> Result<ExitReason, Error> {
-    let mut vm = builder::build(cfg)?;
+fn run_vm(cfg: &VmConfig, images: images::BootImages) -> Result<ExitReason, Error> {
+    let mut vm = builder::build(cfg, images)?;
     let events = event_loop(cfg, &vm)?;
     console::enter_raw_mode();
     // On an early return `running` drops, which stops the vCPU threads.

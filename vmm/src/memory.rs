@@ -12,12 +12,24 @@ use vm_memory::{GuestAddress, GuestRegionMmap};
 const HUGE_PAGE: usize = 2 << 20;
 
 /// Why guest RAM could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot allocate {mib} MiB of guest memory: {reason}; choose a smaller --memory")]
+#[derive(Debug)]
 pub struct Error {
     mib: u64,
     reason: String,
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        diag::Advice::new(
+            format!(
+                "cannot allocate {} MiB of guest memory: {}",
+                self.mib, self.reason
+            ),
+            "choose a smaller --memory",
+        )
+    }
+}
+diag::explained!(Error);
 
 /// Maps `len` bytes of private anonymous memory at a 2 MiB-aligned address. Never unmapped:
 /// guest RAM lives as long as the process.

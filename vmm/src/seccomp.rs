@@ -60,10 +60,9 @@ impl std::fmt::Display for Thread {
 }
 
 /// Why a filter could not be installed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The rules do not compile to BPF (a bug).
-    #[error("cannot build the seccomp filter of the {thread} thread: {source}")]
     Build {
         /// Which filter.
         thread: Thread,
@@ -71,10 +70,8 @@ pub enum Error {
         source: BackendError,
     },
     /// sigaction(SIGSYS) failed.
-    #[error("cannot install the SIGSYS handler for seccomp: {0}")]
     Handler(std::io::Error),
     /// The kernel refused the filter.
-    #[error("cannot install the seccomp filter of the {thread} thread: {source}; a kernel without seccomp filters needs --seccomp=off")]
     Install {
         /// Which filter.
         thread: Thread,
@@ -82,6 +79,25 @@ pub enum Error {
         source: seccompiler::Error,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Build { thread, source } => Advice::bug(format!(
+                "cannot build the seccomp filter of the {thread} thread: {source}"
+            )),
+            Error::Handler(e) => Advice::bug(format!(
+                "cannot install the SIGSYS handler for seccomp: {e}"
+            )),
+            Error::Install { thread, source } => Advice::new(
+                format!("cannot install the seccomp filter of the {thread} thread: {source}"),
+                "a kernel without seccomp filters needs --seccomp=off",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 // KVM ioctls (include/uapi/linux/kvm.h).
 const KVMIO: u32 = kvm_bindings::KVMIO;

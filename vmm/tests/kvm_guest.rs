@@ -304,17 +304,17 @@ fn bad_input_is_one_clear_line() {
     let not_a_kernel = not_a_kernel.to_str().unwrap();
     rejects(
         &["--kernel", "/nonexistent/bzImage"],
-        "cannot read kernel '/nonexistent/bzImage'",
+        "cannot read --kernel /nonexistent/bzImage: No such file or directory",
     );
-    rejects(&["--kernel", "/"], "cannot read kernel '/'");
+    rejects(&["--kernel", "/"], "--kernel / is a directory, not a file");
     rejects(&["--kernel", not_a_kernel], "is not a Linux kernel");
     rejects(
         &["--kernel", tiny, "--initramfs", "/nonexistent/rd"],
-        "cannot read initramfs",
+        "cannot read --initramfs /nonexistent/rd",
     );
     rejects(
         &["--kernel", tiny, "--memory", "1M"],
-        "guest memory is too small",
+        "--memory 1 MiB is too small for --kernel ",
     );
     rejects(
         &["--kernel", tiny, "--memory", "1000T"],
@@ -486,4 +486,62 @@ fn every_thread_runs_under_its_seccomp_filter_unless_off() {
         assert_eq!(out.status.code(), Some(143), "{flag}: {err}");
         assert_eq!(err, "vmm: stopped by SIGTERM\n", "{flag}");
     }
+}
+
+/// A bzImage whose 64-bit entry writes the last quadword of its decompression area
+/// (`pref_address + init_size`), reads it back, and reports through debug-exit: 0x21 when
+/// the memory is RAM, 0x13 when not.
+fn bzimage_probing_its_end(pref: u64, init_size: u32) -> Vec<u8> {
+    let probe = pref + u64::from(init_size) - 8;
+    let mut code = vec![0x48, 0xb8]; // mov rax, probe
+    code.extend_from_slice(&probe.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0xc7, 0x00, 0x5a, 0x5a, 0x5a, 0x5a]); // mov qword [rax], imm
+    code.extend_from_slice(&[0x48, 0x8b, 0x18]); // mov rbx, [rax]
+    code.extend_from_slice(&[0x48, 0x81, 0xfb, 0x5a, 0x5a, 0x5a, 0x5a]); // cmp rbx, imm
+    code.extend_from_slice(&[0x75, 0x07]); // jne bad
+    code.extend_from_slice(&out_imm(0xf4, 0x21));
+    code.extend_from_slice(&HLT_LOOP);
+    code.extend_from_slice(&out_imm(0xf4, 0x13)); // bad:
+    code.extend_from_slice(&HLT_LOOP);
+    let mut image = arch::kernel::fixtures::bzimage_bytes(pref, init_size, 0x200 + code.len());
+    // Protected-mode code starts after the setup sectors; the 64-bit entry is 0x200 in.
+    let entry = (usize::from(image[0x1f1]) + 1) * 512 + 0x200;
+    image[entry..entry + code.len()].copy_from_slice(&code);
+    image
+}
+
+/// The smallest `--memory` vmm accepts for a kernel comes from the kernel's header: at that
+/// size the kernel's entry runs and its whole decompression area is RAM; one MiB less is
+/// refused before the guest starts.
+#[test]
+fn memory_minimum_comes_from_the_kernel_header() {
+    // Runs at 2 MiB and decompresses into 31 MiB: needs RAM up to 33 MiB.
+    let guest = Guest::from_image("minimum", &bzimage_probing_its_end(0x20_0000, 0x1f0_0000));
+    let run = |mem: &str| {
+        Command::new(VMM)
+            .arg("--kernel")
+            .arg(&guest.path)
+            .args(["--memory", mem, "--debug-exit", "--timeout", "20"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run("33M");
+    assert_eq!(
+        out.status.code(),
+        Some((0x21 << 1) | 1),
+        "the kernel's entry ran and found RAM at its end: {}",
+        text(&out.stderr)
+    );
+    let out = run("32M");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "vmm: --memory 32 MiB is too small for --kernel {}: it runs at 2 MiB and \
+             decompresses into 31 MiB, up to 33 MiB; use --memory 33M or more\n",
+            guest.path.display()
+        )
+    );
 }

@@ -36,16 +36,13 @@ const MMIO64_SIZE: u64 = 64 << 30;
 const FIRST_BAR_SLOT: u32 = 16;
 
 /// Errors attaching passed-through devices.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The host side refused (group, driver, permissions, memlock, DMA).
-    #[error(transparent)]
-    Host(#[from] vfio::host::Error),
+    Host(vfio::host::Error),
     /// sysfs lookups failed.
-    #[error(transparent)]
-    Sysfs(#[from] vfio::sysfs::Error),
+    Sysfs(vfio::sysfs::Error),
     /// The device's config space cannot be modelled.
-    #[error("{device}: {source}")]
     Model {
         /// Device name.
         device: String,
@@ -53,7 +50,6 @@ pub enum Error {
         source: vfio::Error,
     },
     /// No room for BARs or slots.
-    #[error("{device}: {source}")]
     Resources {
         /// Device name.
         device: String,
@@ -61,7 +57,6 @@ pub enum Error {
         source: pci::Error,
     },
     /// A KVM call failed.
-    #[error("KVM: cannot {what}: {source}")]
     Kvm {
         /// What.
         what: &'static str,
@@ -69,7 +64,6 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// mmap of a BAR failed.
-    #[error("{device}: cannot mmap BAR {bar}: {source}")]
     Mmap {
         /// Device name.
         device: String,
@@ -78,10 +72,57 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// Two `--device` options name the same host device.
+    SameDevice {
+        /// The first spec.
+        first: String,
+        /// The second spec.
+        second: String,
+        /// The device both resolve to.
+        device: String,
+    },
     /// Bus layout clash (a bug).
-    #[error("PCI bus layout: {0}")]
-    Bus(#[from] devices::bus::Error),
+    Bus(devices::bus::Error),
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Host(e) => e.advice(),
+            Error::Sysfs(e) => e.advice(),
+            Error::Model { device, source } => source.advice().within(device),
+            Error::Resources { device, source } => source.advice().within(device),
+            Error::Kvm { what, source } => Advice::new(
+                format!("KVM: cannot {what}: {source}"),
+                "check that KVM works on this host (dmesg)",
+            ),
+            Error::Mmap {
+                device,
+                bar,
+                source,
+            } => Advice::new(
+                format!("{device}: cannot mmap BAR {bar}: {source}"),
+                "check dmesg for what vfio-pci reported",
+            ),
+            Error::SameDevice {
+                first,
+                second,
+                device,
+            } => Advice::new(
+                format!("--device {first} and --device {second} are the same device {device}"),
+                "give each device once",
+            ),
+            Error::Bus(e) => e.advice(),
+        }
+    }
+}
+diag::explained!(Error);
+diag::wrap!(Error:
+    Host(vfio::host::Error),
+    Sysfs(vfio::sysfs::Error),
+    Bus(devices::bus::Error),
+);
 
 type Device = Arc<Mutex<VfioPciDevice<HostDevice>>>;
 
@@ -439,6 +480,30 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         windows,
         devices,
     })
+}
+
+/// Refuses two `--device` options that resolve to the same host device (a BDF written two
+/// ways, a sysfs path and an address). Devices that do not resolve are left to the checks
+/// that open them, which say why.
+pub fn check_distinct(devices: &[DeviceConfig]) -> Result<(), Error> {
+    check_distinct_in(&Sysfs::default(), devices)
+}
+
+fn check_distinct_in(sysfs: &Sysfs, devices: &[DeviceConfig]) -> Result<(), Error> {
+    let mut seen: HashMap<std::path::PathBuf, String> = HashMap::new();
+    for cfg in devices {
+        let Ok(dev) = sysfs.device(cfg.spec()) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(dev.path.clone(), cfg.spec()) {
+            return Err(Error::SameDevice {
+                first,
+                second: cfg.spec(),
+                device: dev.name,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks every device through sysfs (the most precise messages), the memlock limit, then
