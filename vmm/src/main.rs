@@ -19,7 +19,7 @@ fn main() {
             // Before any thread exists, so every thread inherits the mask: SIGINT, SIGTERM
             // and SIGHUP then reach the main loop, which tears the VM down in order.
             if let Err(e) = vmm::signals::block_exit_signals() {
-                log::warn!("cannot block SIGINT/SIGTERM/SIGHUP ({e}); they will kill vmm");
+                log::warn!("cannot block the terminating signals ({e}); they will kill vmm");
             }
             let result = vmm::run(&cfg);
             vmm::console::restore_terminal();

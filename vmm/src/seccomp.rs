@@ -342,8 +342,9 @@ fn remember_thread_name() {
     THREAD_NAME.with(|n| n.set(name));
 }
 
-/// Installs [`on_sigsys`] for SIGSYS, once per process.
-fn install_handler() -> Result<(), Error> {
+/// Installs [`on_sigsys`] for SIGSYS, once per process. [`crate::signals`] installs it at
+/// the start too, so a SIGSYS another process sends is ignored with or without filters.
+pub fn install_handler() -> Result<(), Error> {
     static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
     let result = RESULT.get_or_init(|| {
         // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
@@ -410,8 +411,8 @@ impl Line {
     }
 }
 
-/// The message for a trapped `syscall` (None: a SIGSYS not sent by seccomp) in thread `name`.
-fn message(name: &[u8], syscall: Option<libc::c_int>) -> Line {
+/// The message for a trapped `syscall` in thread `name`.
+fn message(name: &[u8], syscall: libc::c_int) -> Line {
     let mut line = Line {
         buf: [0; 160],
         len: 0,
@@ -419,26 +420,26 @@ fn message(name: &[u8], syscall: Option<libc::c_int>) -> Line {
     let name = name.split(|&b| b == 0).next().unwrap_or_default();
     line.push(b"vmm: seccomp: thread ");
     line.push(if name.is_empty() { b"?" } else { name });
-    match syscall {
-        Some(nr) => {
-            line.push(b" made forbidden syscall ");
-            line.push_number(nr);
-        }
-        None => line.push(b" got SIGSYS"),
-    }
+    line.push(b" made forbidden syscall ");
+    line.push_number(syscall);
     line.push(b" (run with --seccomp=off to debug, and report it)\n");
     line
 }
 
-/// SIGSYS: terminal back, one line on stderr, exit. Async-signal-safe: no allocation, no
-/// locks; tcsetattr, write and _exit only (all allowed by every filter).
+/// SIGSYS from a filter: terminal back, one line on stderr, exit. A SIGSYS another process
+/// sent (kill, sigqueue) is ignored: SIGSYS is the filters' signal and cannot be blocked for
+/// the main loop (the kernel would force a filter's SIGSYS past the block to the default
+/// action). Async-signal-safe: no allocation, no locks; tcsetattr, write and _exit only (all
+/// allowed by every filter).
 extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; SigsysInfo is its layout
     // for SIGSYS and no larger.
     let info = unsafe { &*info.cast::<SigsysInfo>() };
-    let syscall = (info.code == SYS_SECCOMP).then_some(info.syscall);
+    if info.code != SYS_SECCOMP {
+        return;
+    }
     let name = THREAD_NAME.with(Cell::get);
-    let line = message(&name, syscall);
+    let line = message(&name, info.syscall);
     crate::console::restore_terminal();
     // SAFETY: writes `len` initialized bytes of a live stack buffer, then ends the process.
     unsafe {
@@ -514,19 +515,18 @@ mod tests {
         let mut name = [0u8; 16];
         name[..5].copy_from_slice(b"vcpu0");
         assert_eq!(
-            text(&message(&name, Some(41))),
+            text(&message(&name, 41)),
             "vmm: seccomp: thread vcpu0 made forbidden syscall 41 \
              (run with --seccomp=off to debug, and report it)\n"
         );
         assert_eq!(
-            text(&message(b"vmm", Some(0))),
+            text(&message(b"vmm", 0)),
             "vmm: seccomp: thread vmm made forbidden syscall 0 \
              (run with --seccomp=off to debug, and report it)\n"
         );
-        assert!(text(&message(&[0; 16], Some(-7)))
+        assert!(text(&message(&[0; 16], -7))
             .starts_with("vmm: seccomp: thread ? made forbidden syscall -7 "));
-        assert!(text(&message(b"x", None)).contains("thread x got SIGSYS"));
-        let max = message(&[b'n'; 16], Some(i32::MIN));
+        let max = message(&[b'n'; 16], i32::MIN);
         assert!(text(&max).contains(" -2147483648 ") && text(&max).ends_with('\n'));
     }
 }

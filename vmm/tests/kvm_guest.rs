@@ -385,13 +385,36 @@ fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
 }
 
 #[test]
-fn sigint_sigterm_sighup_stop_the_guest_in_order() {
-    for (sig, name) in [
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGHUP, "SIGHUP"),
-    ] {
-        let (out, took) = stop_with_signal(&name.to_lowercase(), sig);
+fn every_terminating_signal_stops_the_guest_in_order() {
+    let mut signals = vec![
+        (libc::SIGINT, "SIGINT".to_string()),
+        (libc::SIGTERM, "SIGTERM".into()),
+        (libc::SIGHUP, "SIGHUP".into()),
+        (libc::SIGQUIT, "SIGQUIT".into()),
+        (libc::SIGUSR1, "SIGUSR1".into()),
+        (libc::SIGUSR2, "SIGUSR2".into()),
+        (libc::SIGALRM, "SIGALRM".into()),
+        (libc::SIGVTALRM, "SIGVTALRM".into()),
+        (libc::SIGPROF, "SIGPROF".into()),
+        (libc::SIGIO, "SIGIO".into()),
+        (libc::SIGPWR, "SIGPWR".into()),
+        (libc::SIGSTKFLT, "SIGSTKFLT".into()),
+        (libc::SIGXCPU, "SIGXCPU".into()),
+        (libc::SIGXFSZ, "SIGXFSZ".into()),
+        // Fault signals sent by another process (a real fault still kills at once).
+        (libc::SIGSEGV, "SIGSEGV".into()),
+        (libc::SIGBUS, "SIGBUS".into()),
+        (libc::SIGILL, "SIGILL".into()),
+        (libc::SIGFPE, "SIGFPE".into()),
+        (libc::SIGTRAP, "SIGTRAP".into()),
+        (libc::SIGABRT, "SIGABRT".into()),
+    ];
+    // The first real-time signal kicks vCPUs; every other one is an exit signal.
+    signals.push((libc::SIGRTMIN() + 1, "SIGRTMIN+1".into()));
+    let max = libc::SIGRTMAX();
+    signals.push((max, format!("SIGRTMIN+{}", max - libc::SIGRTMIN())));
+    for (sig, name) in signals {
+        let (out, took) = stop_with_signal(&name.to_lowercase().replace('+', "-"), sig);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(128 + sig), "{name}: {err}");
         assert_eq!(err, format!("vmm: stopped by {name}\n"), "{name}");
@@ -399,8 +422,32 @@ fn sigint_sigterm_sighup_stop_the_guest_in_order() {
     }
 }
 
+/// SIGPIPE (writes fail with EPIPE instead) and a SIGSYS another process sends (SIGSYS
+/// belongs to the seccomp filters) are ignored: the guest keeps running.
 #[test]
-fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
+fn sigpipe_and_a_sent_sigsys_are_ignored() {
+    let mut child = start_spinning_guest("ignored", &[], Stdio::null());
+    for sig in [libc::SIGPIPE, libc::SIGSYS, libc::SIGCHLD, libc::SIGWINCH] {
+        // SAFETY: signals our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "vmm: stopped by SIGTERM\n");
+}
+
+#[test]
+fn sigterm_and_sigquit_restore_the_terminal_the_guest_had_in_raw_mode() {
+    for sig in [libc::SIGTERM, libc::SIGQUIT] {
+        signal_restores_the_terminal(sig);
+    }
+}
+
+fn signal_restores_the_terminal(sig: i32) {
     use std::os::fd::{FromRawFd, OwnedFd};
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two descriptors into the given ints; the other pointers may be null.
@@ -435,9 +482,9 @@ fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
         "raw while the guest runs"
     );
     // SAFETY: signals our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(128 + sig), "{}", text(&out.stderr));
     let after = termios(&slave);
     assert_eq!(after.c_lflag, before.c_lflag, "terminal restored");
     assert_eq!(after.c_iflag, before.c_iflag, "terminal restored");
