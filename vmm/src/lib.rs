@@ -8,6 +8,7 @@
 //! reset, every VM and VFIO file closed, managed devices back on their drivers, terminal
 //! restored.
 
+pub mod api;
 pub mod builder;
 pub mod check;
 pub mod config;

@@ -48,6 +48,9 @@ pub enum Thread {
     Vmm,
     /// A vCPU thread.
     Vcpu,
+    /// The API thread (`--api-socket`): accepts, reads and writes its socket, hands actions
+    /// to the main thread.
+    Api,
 }
 
 impl std::fmt::Display for Thread {
@@ -55,6 +58,7 @@ impl std::fmt::Display for Thread {
         f.write_str(match self {
             Thread::Vmm => "vmm",
             Thread::Vcpu => "vCPU",
+            Thread::Api => "API",
         })
     }
 }
@@ -238,6 +242,9 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_faccessat2,
 ];
 
+/// Only on the API thread: accepting connections and their timeouts.
+const API_ONLY: &[i64] = &[libc::SYS_accept4, libc::SYS_setsockopt];
+
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 
 fn condition(arg: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, BackendError> {
@@ -282,11 +289,13 @@ pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
     let only = match thread {
         Thread::Vmm => VMM_ONLY,
         Thread::Vcpu => VCPU_ONLY,
+        Thread::Api => API_ONLY,
     };
     let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
     let ioctls = match thread {
         Thread::Vmm => vmm_ioctls(),
         Thread::Vcpu => vcpu_ioctls(),
+        Thread::Api => vec![libc::FIONBIO],
     };
     rules.insert(libc::SYS_ioctl, any_of(1, &ioctls)?);
     rules.insert(libc::SYS_tgkill, tgkill_rules(thread)?);
@@ -454,7 +463,7 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        for thread in [Thread::Vmm, Thread::Vcpu] {
+        for thread in [Thread::Vmm, Thread::Vcpu, Thread::Api] {
             let bpf = program(thread).unwrap();
             assert!(
                 bpf.len() > 50 && bpf.len() < 1024,
