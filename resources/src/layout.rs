@@ -52,6 +52,12 @@ pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// ECAM size for buses 0-255.
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// The ACPI Generic Event Device's register (power button, PCI slot events).
+pub const GED_START: u64 = 0xfeb0_0000;
+/// The GED's interrupt (an ISA IRQ nothing else uses, edge-triggered).
+pub const GED_GSI: u32 = 5;
+/// The ACPI PCI hotplug controller's registers (slots up/down, eject).
+pub const PCI_HOTPLUG_START: u64 = 0xfeb0_1000;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
@@ -100,7 +106,9 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
 // The fixed regions must not overlap; checked when the crate compiles.
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= GED_START);
+    assert!(GED_START + 0x1000 <= PCI_HOTPLUG_START);
+    assert!(PCI_HOTPLUG_START + 0x1000 <= IOAPIC_START);
     assert!(ACPI_START + ACPI_SIZE <= HIMEM_START);
     assert!(PML4_START + 6 * 0x1000 <= CMDLINE_START);
     assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);

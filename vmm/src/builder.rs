@@ -11,6 +11,7 @@ use arch::regs::Entry;
 use arch::GuestMemoryMmap;
 use devices::acpi_pm::AcpiPm;
 use devices::debug_exit::DebugExit;
+use devices::ged::{Ged, GedAml, GED_SIZE};
 use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::{Bus, GuestExit};
@@ -24,6 +25,7 @@ use linux_loader::loader::KernelLoader;
 use resources::layout::*;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Why a VM could not be built. Each message names the problem and the fix.
 #[derive(Debug)]
@@ -166,6 +168,8 @@ pub struct Vm {
     pub mmio: Arc<Bus>,
     /// vCPU exits by kind.
     pub exits: Arc<crate::stats::ExitCounts>,
+    /// The ACPI Generic Event Device (power button, PCI slot events).
+    pub ged: Arc<Mutex<Ged>>,
 }
 
 /// Opens and judges what the guest boots, and checks `--memory` against the host, before
@@ -201,6 +205,7 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
     let serial = attach_legacy_devices(&vm, &pio, &exit, cfg)?;
 
     let mmio = Arc::new(Bus::new());
+    let ged = attach_ged(&vm, &mmio)?;
     let setup = crate::passthrough::Setup {
         vm: &vm,
         memory: &memory,
@@ -234,7 +239,19 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
         pio,
         mmio,
         exits,
+        ged,
     })
+}
+
+/// The ACPI Generic Event Device: the power button (and PCI slot events), its interrupt
+/// wired to a KVM irqfd.
+fn attach_ged(vm: &VmFd, mmio: &Bus) -> Result<Arc<Mutex<Ged>>, Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("GED eventfd"))?;
+    vm.register_irqfd(&irq, GED_GSI)
+        .map_err(kvm_err("wire the GED interrupt"))?;
+    let ged = Arc::new(Mutex::new(Ged::new(irq)));
+    mmio.insert_named("ged", ged.clone(), GED_START, GED_SIZE)?;
+    Ok(ged)
 }
 
 /// ACPI tables, with the PCI host bridge and MCFG.
@@ -246,6 +263,11 @@ fn write_acpi_tables(
     use arch::acpi::{AcpiConfig, AcpiTables, OEM_ID, OEM_REVISION};
     let mut tables = AcpiTables::new(&AcpiConfig { num_cpus: cfg.cpus })?;
     tables.add_dsdt_aml(&pci::dsdt_aml(windows));
+    tables.add_dsdt_aml(&GedAml {
+        base: GED_START,
+        gsi: GED_GSI,
+        pci_hotplug: false,
+    });
     tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
     tables.write_to_guest(memory)?;
     Ok(())
