@@ -26,6 +26,7 @@
 mod acpi;
 mod bar;
 mod config;
+pub mod hotplug;
 mod resources;
 mod root;
 
