@@ -320,7 +320,7 @@ fn bad_input_is_one_clear_line() {
         &["--kernel", tiny, "--memory", "1000T"],
         "more than this host's",
     );
-    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus 0");
+    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus '0'");
     rejects(&["--kernel", tiny, "--bogus"], "unknown option '--bogus'");
     rejects(&[], "no kernel given");
 }
