@@ -40,7 +40,7 @@ fn cannot_write(what: &str, e: &std::io::Error) -> i32 {
 /// A refused command line: its line on stderr, and for `vmm check --json` the same as JSON
 /// on stdout (a stdout that cannot take it changes nothing: the line says what is wrong).
 fn refuse(e: &config::Error, args: &[OsString]) -> i32 {
-    say(e);
+    say_one_line(e);
     if config::json_refusal(args) {
         let json = vmm::check::json_refusal(&diag::Explain::advice(e));
         let mut out = std::io::stdout().lock();
@@ -75,13 +75,19 @@ fn run(cfg: &config::VmConfig) -> i32 {
             status
         }
         Err(e) => {
-            say(&e);
+            say_one_line(&e);
             STATUS_ERROR
         }
     }
 }
 
-/// The one-line message of how vmm ended, on stderr; a closed stderr is not an error.
+/// The message of how vmm ended, on stderr; a closed stderr is not an error.
 fn say(what: &dyn std::fmt::Display) {
     let _ = writeln!(std::io::stderr(), "vmm: {what}");
+}
+
+/// An error, kept on one line whatever it quotes (a kernel path with a newline in it):
+/// control characters are shown escaped.
+fn say_one_line(e: &dyn std::fmt::Display) {
+    say(&diag::Advice::bare(e.to_string()));
 }
