@@ -184,8 +184,19 @@ pub struct CheckArgs {
     help: Option<bool>,
 }
 
-/// The clap command, for tests and for the help text.
+/// The clap command, built once (clap checks a definition when it builds it, every time
+/// with debug assertions on) and cloned for each use.
 pub fn command() -> clap::Command {
+    static BUILT: std::sync::OnceLock<clap::Command> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let mut cmd = definition();
+        cmd.build();
+        cmd
+    });
+    built.clone()
+}
+
+fn definition() -> clap::Command {
     use clap::CommandFactory;
     Cli::command().after_help(format!(
         "{CHECK_ABOUT}\n\n{CHECK_JSON}\n\n{EXIT_STATUS}\n\n{EXAMPLES}"
@@ -225,9 +236,9 @@ fn refusal(e: &clap::Error, args: &[OsString]) -> Error {
             let (option, value_name) = option_and_value_name(&invalid_arg);
             Error::MissingValue { option, value_name }
         }
-        ErrorKind::UnknownArgument if after_value_option(&invalid_arg, args).is_some() => {
+        ErrorKind::UnknownArgument if option_before(&invalid_arg, args, false).is_some() => {
             Error::DashValue {
-                option: after_value_option(&invalid_arg, args).unwrap_or_default(),
+                option: option_before(&invalid_arg, args, false).unwrap_or_default(),
                 next: as_given(&invalid_arg, args),
             }
         }
@@ -269,21 +280,16 @@ fn as_given(lossy: &str, args: &[OsString]) -> String {
 /// An argument where an option belongs; when it follows an option whose value must be
 /// given with `=`, that option is named.
 fn unexpected(lossy: &str, args: &[OsString]) -> Error {
-    let at = args.iter().position(|a| a.to_string_lossy() == lossy);
-    let after = at
-        .and_then(|i| args.get(i.checked_sub(1)?))
-        .filter(|prev| *prev == "--debug-exit" || *prev == "--stats")
-        .map(|prev| shown(prev));
     Error::UnexpectedArgument {
         arg: as_given(lossy, args),
-        after,
+        after: option_before(lossy, args, true),
     }
 }
 
-/// The option before the argument clap quoted as `lossy`, when that option takes a value
-/// as the next argument: then clap did not take `lossy` as its value, since it starts with
-/// `-`.
-fn after_value_option(lossy: &str, args: &[OsString]) -> Option<String> {
+/// The option right before the argument clap quoted as `lossy`, when it is an option that
+/// takes a value with `=` only (`with_equals`) or also as the next argument (then clap did
+/// not take `lossy` for its value because it starts with `-`).
+fn option_before(lossy: &str, args: &[OsString], with_equals: bool) -> Option<String> {
     let at = args.iter().position(|a| a.to_string_lossy() == lossy)?;
     let prev = args.get(at.checked_sub(1)?)?.to_str()?;
     let name = prev.strip_prefix("--")?;
@@ -293,8 +299,8 @@ fn after_value_option(lossy: &str, args: &[OsString]) -> Option<String> {
         false => cmd,
     };
     let arg = cmd.get_arguments().find(|a| a.get_long() == Some(name))?;
-    let separate = arg.get_action().takes_values() && !arg.is_require_equals_set();
-    separate.then(|| prev.to_string())
+    let fits = arg.get_action().takes_values() && arg.is_require_equals_set() == with_equals;
+    fits.then(|| prev.to_string())
 }
 
 /// The first line of clap's own message, without its `error: ` prefix.
@@ -386,7 +392,7 @@ mod tests {
 
     #[test]
     fn clap_definition_is_consistent() {
-        command().debug_assert();
+        definition().debug_assert();
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub enum DeviceError {
     Address(BdfError),
 }
 
-/// The keys of a spec, in the order [`DeviceConfig::SYNTAX`] lists them.
+/// The keys of a spec.
 const KEYS: [&str; 4] = ["host", "sysfsdev", "id", "managed"];
 
 impl Explain for DeviceError {
@@ -201,10 +201,6 @@ impl Explain for DeviceError {
 diag::explained!(DeviceError);
 
 impl DeviceConfig {
-    /// The spec's syntax, for help texts.
-    pub const SYNTAX: &'static str =
-        "vfio-pci,host=[DOMAIN:]BUS:SLOT.FN|sysfsdev=PATH[,id=NAME][,managed=on|off]";
-
     /// Parses `vfio-pci,key=value,...`; `sysfsdev=` wins over `host=` when both are given.
     pub fn parse(spec: &OsStr) -> Result<Self, Error> {
         parse_fields(spec.as_bytes()).map_err(|error| Error::Device {
