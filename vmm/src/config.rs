@@ -357,7 +357,7 @@ impl Command {
 /// Whether a refusal of `args` is also reported as JSON on stdout: `vmm check` with `--json`
 /// among its arguments (looked for in the raw arguments, since a refused command line may
 /// have stopped before it).
-pub fn json_refusal(args: &[OsString]) -> bool {
+pub fn json_refusal_wanted(args: &[OsString]) -> bool {
     args.first().is_some_and(|a| a == "check") && args.iter().any(|a| a == "--json")
 }
 
@@ -880,11 +880,13 @@ mod tests {
     #[test]
     fn json_refusals_are_for_check_with_json() {
         let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(json_refusal(&args(&["check", "--memory", "x", "--json"])));
-        assert!(json_refusal(&args(&["check", "--json", "--bogus"])));
-        assert!(!json_refusal(&args(&["check", "--bogus"])));
-        assert!(!json_refusal(&args(&["--kernel", "k", "--json"])));
-        assert!(!json_refusal(&args(&[])));
+        assert!(json_refusal_wanted(&args(&[
+            "check", "--memory", "x", "--json"
+        ])));
+        assert!(json_refusal_wanted(&args(&["check", "--json", "--bogus"])));
+        assert!(!json_refusal_wanted(&args(&["check", "--bogus"])));
+        assert!(!json_refusal_wanted(&args(&["--kernel", "k", "--json"])));
+        assert!(!json_refusal_wanted(&args(&[])));
     }
 
     #[test]
@@ -1216,5 +1218,11 @@ mod tests {
         assert_eq!(advice.problem, "--cpus '0' is not a vCPU count");
         assert_eq!(advice.fix, "give a number from 1 to 254");
         assert_eq!(e.to_string(), format!("{}; {}", advice.problem, advice.fix));
+        // What clap refuses in a way vmm has no variant for keeps clap's words.
+        let other = Error::Usage("the argument cannot be used here".into());
+        assert_eq!(
+            other.to_string(),
+            "the argument cannot be used here; see 'vmm --help'"
+        );
     }
 }

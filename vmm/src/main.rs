@@ -41,7 +41,7 @@ fn cannot_write(what: &str, e: &std::io::Error) -> i32 {
 /// on stdout (a stdout that cannot take it changes nothing: the line says what is wrong).
 fn refuse(e: &config::Error, args: &[OsString]) -> i32 {
     say_one_line(e);
-    if config::json_refusal(args) {
+    if config::json_refusal_wanted(args) {
         let json = vmm::check::json_refusal(&diag::Explain::advice(e));
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{json}").and_then(|()| out.flush());

@@ -53,12 +53,13 @@ argument prints {\"ok\":false,\"error\":LINE,\"problem\":..,\"fix\":..} (and LIN
 stderr). Status 0 when nothing FAILs, else 1.";
 
 const EXIT_STATUS: &str = "\
-Exit status: 0 guest powered off or rebooted; 1 vmm error (bad input, host not ready:
-one line on stderr, the problem and the fix); 2 guest crashed (triple fault, KVM internal
-error; registers on stderr); 124 --timeout expired; (V << 1) | 1 debug exit; 128+N
-stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP): on these, like on every other
-end, vmm stops the vCPUs, quiets and releases the devices and rebinds managed ones; 159 a
-vmm thread made a syscall its seccomp filter forbids (a vmm bug; see --seccomp).";
+Exit status: 0 guest powered off or rebooted; 1 vmm error (bad input, host not ready, a
+stdout that cannot take this help: one line on stderr, the problem and the fix); 2 guest
+crashed (triple fault, KVM internal error; registers on stderr); 124 --timeout expired;
+(V << 1) | 1 debug exit; 128+N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP):
+on these, like on every other end, vmm stops the vCPUs, quiets and releases the devices
+and rebinds managed ones; 159 a vmm thread made a syscall its seccomp filter forbids (a
+vmm bug; see --seccomp).";
 
 const EXAMPLES: &str = "\
 Examples:
