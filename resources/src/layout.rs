@@ -65,14 +65,34 @@ pub const APIC_START: u64 = 0xfee0_0000;
 
 /// I/O port of COM1.
 pub const COM1_PORT: u16 = 0x3f8;
+/// Ports of COM1's UART, from [`COM1_PORT`].
+pub const COM1_PORT_COUNT: u16 = 8;
 /// IRQ (IOAPIC pin / GSI) of COM1.
 pub const COM1_IRQ: u32 = 4;
 /// i8042 data and command ports.
 pub const I8042_PORT: u16 = 0x60;
+/// Ports vmm's i8042 takes from [`I8042_PORT`]: 0x60 data to 0x64 command (0x61, the PC
+/// speaker, is in between; KVM's in-kernel PIT handles it).
+pub const I8042_PORT_COUNT: u16 = 5;
 /// The ACPI sleep-control/reset register (hardware-reduced ACPI), one byte.
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// The ACPI sleep-status register, one byte.
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// Ports of the ACPI power management device, from [`ACPI_PM_PORT`].
+pub const ACPI_PM_PORT_COUNT: u16 = 2;
+/// KVM's in-kernel PIC (8259) pair, master and slave command/data ports: guest accesses
+/// there never reach vmm.
+pub const KVM_PIC_PORTS: [u16; 2] = [0x20, 0xa0];
+/// Ports of each in-kernel PIC.
+pub const KVM_PIC_PORT_COUNT: u16 = 2;
+/// KVM's in-kernel PIT (8254): channels 0-2 and the mode register.
+pub const KVM_PIT_PORT: u16 = 0x40;
+/// Ports of the in-kernel PIT.
+pub const KVM_PIT_PORT_COUNT: u16 = 4;
+/// KVM's in-kernel ELCR (edge/level control of the PICs' IRQs), two ports.
+pub const KVM_ELCR_PORT: u16 = 0x4d0;
+/// Ports of the in-kernel ELCR.
+pub const KVM_ELCR_PORT_COUNT: u16 = 2;
 /// Value the guest writes to [`ACPI_PM_PORT`] (the FADT reset register) to reset.
 pub const ACPI_RESET_VALUE: u8 = 1;
 /// SLP_TYP of the S5 (soft-off) state as declared by the DSDT's `_S5_` object.

@@ -352,18 +352,23 @@ fn attach_legacy_devices(
     // The irqfd holds its own reference to the eventfd; the UART keeps the other end.
     drop(irq);
     let serial = Arc::new(Mutex::new(serial));
-    pio.insert_named("com1", serial.clone(), u64::from(COM1_PORT), 8)?;
+    pio.insert_named(
+        "com1",
+        serial.clone(),
+        u64::from(COM1_PORT),
+        u64::from(COM1_PORT_COUNT),
+    )?;
     pio.insert_named(
         "i8042",
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         u64::from(I8042_PORT),
-        5,
+        u64::from(I8042_PORT_COUNT),
     )?;
     pio.insert_named(
         "acpi-pm",
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
         u64::from(ACPI_PM_PORT),
-        2,
+        u64::from(ACPI_PM_PORT_COUNT),
     )?;
     if let Some(port) = cfg.debug_exit {
         pio.insert_named(

@@ -40,36 +40,9 @@ pub struct CheckConfig {
     pub json: bool,
 }
 
-/// Parses the arguments after `check`.
-pub fn parse(args: impl Iterator<Item = String>) -> Result<config::Command, config::Error> {
-    let mut args = args;
-    let mut cfg = CheckConfig::default();
-    while let Some(arg) = args.next() {
-        let (name, inline) = config::split_option(&arg);
-        let mut value = |what: &str| {
-            let usage = format!("vmm check {name} {what}");
-            config::option_value(&name, inline.clone(), &mut args, &usage)
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(config::Command::Help),
-            "--device" => cfg
-                .devices
-                .push(value("vfio-pci,host=BUS:SLOT.FN")?.parse()?),
-            "--memory" => cfg.memory = Some(config::parse_size(&value("SIZE")?)?),
-            "--json" if inline.is_none() => cfg.json = true,
-            _ => {
-                return config::err(format!(
-                    "unknown argument '{arg}' to check; it takes --device SPEC, --memory SIZE \
-                     and --json (see 'vmm --help')"
-                ))
-            }
-        }
-    }
-    Ok(config::Command::Check(cfg))
-}
-
 /// A check's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Ready.
     Pass,
@@ -89,8 +62,8 @@ impl Status {
     }
 }
 
-/// One line of the report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One line of the report; in JSON `{"name":..,"status":..,"detail":..,"fix":..|null}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
     /// What was checked: `kvm`, `device 0000:00:03.0`, `IOMMU group 3`, ...
     pub name: String,
@@ -101,6 +74,7 @@ pub struct Check {
     /// What to do, when not a pass.
     pub fix: Option<String>,
     /// Nesting under the line above (group under device, member under group).
+    #[serde(skip)]
     depth: usize,
 }
 
@@ -185,42 +159,48 @@ impl Report {
 
     /// `{"ok":bool,"checks":[{"name":..,"status":..,"detail":..,"fix":..|null},...]}`.
     pub fn json(&self) -> String {
-        let esc = crate::stats::json_escape;
-        let mut out = format!("{{\"ok\":{},\"checks\":[", self.ok());
-        for (i, c) in self.checks.iter().enumerate() {
-            let fix = c
-                .fix
-                .as_ref()
-                .map_or("null".to_string(), |f| format!("\"{}\"", esc(f)));
-            let _ = write!(
-                out,
-                "{}{{\"name\":\"{}\",\"status\":\"{}\",\"detail\":\"{}\",\"fix\":{fix}}}",
-                if i == 0 { "" } else { "," },
-                esc(&c.name),
-                c.status.word(),
-                esc(&c.detail),
-            );
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            ok: bool,
+            checks: &'a [Check],
         }
-        out.push_str("]}");
-        out
+        let json = Json {
+            ok: self.ok(),
+            checks: &self.checks,
+        };
+        serde_json::to_string(&json).expect("strings and bools always serialize")
     }
 }
 
-/// Runs `vmm check`: prints the report on stdout; the exit status is 0 when nothing failed.
-pub fn run(cfg: &CheckConfig) -> i32 {
-    let report = Host::default().report(cfg);
-    let text = match cfg.json {
-        true => format!("{}\n", report.json()),
-        false => report.text(),
-    };
-    // A closed stdout (piped into `head`) is not an error of the check.
-    use std::io::Write as _;
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    if report.ok() {
-        0
-    } else {
-        crate::STATUS_ERROR
+/// A refused `vmm check --json` command line, as JSON:
+/// `{"ok":false,"error":LINE,"problem":..,"fix":..|null}`, LINE being what stderr shows.
+pub fn json_refusal(advice: &diag::Advice) -> String {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        ok: bool,
+        error: String,
+        problem: &'a str,
+        fix: Option<&'a str>,
     }
+    let json = Json {
+        ok: false,
+        error: advice.to_string(),
+        problem: &advice.problem,
+        fix: (!advice.fix.is_empty()).then_some(advice.fix.as_str()),
+    };
+    serde_json::to_string(&json).expect("strings and bools always serialize")
+}
+
+/// Runs `vmm check`: the report on stdout, text or JSON; `Ok(true)` when nothing failed.
+/// A report that cannot be written is an error: nobody saw the verdict.
+pub fn run(cfg: &CheckConfig, out: &mut impl std::io::Write) -> std::io::Result<bool> {
+    let report = Host::default().report(cfg);
+    match cfg.json {
+        true => writeln!(out, "{}", report.json())?,
+        false => write!(out, "{}", report.text())?,
+    }
+    out.flush()?;
+    Ok(report.ok())
 }
 
 /// Where the host's kernel interfaces are: `/sys`, `/proc` and `/dev` on a host, a fake tree
@@ -736,47 +716,6 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn parse_args(args: &[&str]) -> Result<config::Command, config::Error> {
-        parse(args.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn arguments() {
-        let cmd = parse_args(&[
-            "--device",
-            "vfio-pci,host=00:03.0",
-            "--json",
-            "--memory=2G",
-            "--device=vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:00:04.0",
-        ])
-        .unwrap();
-        let config::Command::Check(cfg) = cmd else {
-            panic!("{cmd:?}")
-        };
-        assert_eq!(cfg.devices.len(), 2);
-        assert_eq!((cfg.memory, cfg.json), (Some(2 << 30), true));
-        assert_eq!(
-            parse_args(&[]),
-            Ok(config::Command::Check(CheckConfig::default()))
-        );
-        assert_eq!(parse_args(&["--json", "-h"]), Ok(config::Command::Help));
-        for (bad, why) in [
-            (
-                &["--kernel", "k"][..],
-                "unknown argument '--kernel' to check",
-            ),
-            (&["--device"], "--device needs a value"),
-            (&["--device", "vfio-pci,host=3"], "bad PCI address '3'"),
-            (&["--memory", "lots"], "bad size 'lots'"),
-            (&["--json=yes"], "unknown argument '--json=yes'"),
-            (&["stray"], "unknown argument 'stray'"),
-        ] {
-            let e = parse_args(bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-            assert!(!e.contains('\n'), "{e}");
-        }
-    }
-
     fn report(statuses: &[Status]) -> Report {
         Report {
             checks: statuses
@@ -825,11 +764,47 @@ WARN      member 0000:00:02.0: no driver
         let want = concat!(
             r#"{"ok":false,"checks":["#,
             r#"{"name":"kvm","status":"pass","detail":"/dev/kvm, API 12","fix":null},"#,
-            r#"{"name":"a \"b\"","status":"fail","detail":"back\\slash\u0009tab\u000anewline","#,
+            r#"{"name":"a \"b\"","status":"fail","detail":"back\\slash\ttab\nnewline","#,
             r#""fix":"echo \u0001 > x"}]}"#
         );
         assert_eq!(Report { checks }.json(), want);
         assert_eq!(Report::default().json(), r#"{"ok":true,"checks":[]}"#);
+    }
+
+    #[test]
+    fn refusals_as_json() {
+        let advice = diag::Advice::new("--memory 'x' is not a size", "write \"512M\"");
+        assert_eq!(
+            json_refusal(&advice),
+            concat!(
+                r#"{"ok":false,"error":"--memory 'x' is not a size; write \"512M\"","#,
+                r#""problem":"--memory 'x' is not a size","fix":"write \"512M\""}"#
+            )
+        );
+        let bare = diag::Advice::bare("odd\nline");
+        assert_eq!(
+            json_refusal(&bare),
+            r#"{"ok":false,"error":"odd\\nline","problem":"odd\nline","fix":null}"#
+        );
+    }
+
+    #[test]
+    fn report_goes_out_and_a_failed_write_is_an_error() {
+        let cfg = CheckConfig {
+            json: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let ok = run(&cfg, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["ok"], serde_json::Value::Bool(ok));
+        let mut full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let e = run(&CheckConfig::default(), &mut full).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     }
 
     #[test]

@@ -283,6 +283,21 @@ fn memory_above_4g_is_accepted() {
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
 }
 
+/// The longest `--timeout` vmm accepts is one the timer takes.
+#[test]
+fn longest_timeout_is_accepted_by_the_timer() {
+    let code = [out_imm(0xf4, 4), HLT_LOOP.to_vec()].concat();
+    let guest = Guest::new("long-timeout", &code);
+    let longest = vmm::config::MAX_TIMEOUT_SECS.to_string();
+    let out = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "16M", "--debug-exit", "--timeout", &longest])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out.stderr));
+}
+
 /// Bad input: exactly one line on stderr, status 1, no panic.
 fn rejects(args: &[&str], needle: &str) {
     let out = Command::new(VMM).args(args).output().unwrap();
@@ -320,7 +335,7 @@ fn bad_input_is_one_clear_line() {
         &["--kernel", tiny, "--memory", "1000T"],
         "more than this host's",
     );
-    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus 0");
+    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus '0'");
     rejects(&["--kernel", tiny, "--bogus"], "unknown option '--bogus'");
     rejects(&[], "no kernel given");
 }
