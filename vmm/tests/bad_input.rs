@@ -403,3 +403,194 @@ fn stdout_that_cannot_take_it() {
         refuses_with(&args, closed_pipe(), &format!("{line}{gone}"));
     }
 }
+
+/// A scratch directory for this test binary, with kernels and files made for the cases.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vmm-bad-input-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A bzImage header like Debian 6.1's: runs at 16 MiB, decompresses into 63.6 MiB, so it
+/// needs 80 MiB of RAM; the image itself is tiny (no code: these cases never run it).
+fn debian_like_bzimage(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("bzImage");
+    let image = arch::kernel::fixtures::bzimage_bytes(0x100_0000, 0x3f9_8000, 8192);
+    std::fs::write(&path, image).unwrap();
+    path
+}
+
+fn path_arg(p: &std::path::Path) -> &OsStr {
+    p.as_os_str()
+}
+
+/// Files that are not a kernel or an initramfs, and kernels that do not fit what was asked:
+/// each refused before KVM or a device is touched, naming the option, the file and the fix.
+#[test]
+fn kernel_and_initramfs_files() {
+    let dir = scratch("files");
+    let kernel = debian_like_bzimage(&dir);
+    let k = path_arg(&kernel);
+    // A FIFO nobody writes: refused at once, not waited on.
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let kernel_arg = OsStr::new("--kernel");
+    let initrd_arg = OsStr::new("--initramfs");
+    refuses(
+        &[kernel_arg, fifo.as_os_str()],
+        "is a FIFO, not a file; give the path of a file to --kernel",
+    );
+    refuses(
+        &[kernel_arg, k, initrd_arg, fifo.as_os_str()],
+        "--initramfs",
+    );
+    refuses(
+        &[kernel_arg, OsStr::new("/dev/zero")],
+        "--kernel /dev/zero is a character device, not a file",
+    );
+    refuses(&[kernel_arg, dir.as_os_str()], "is a directory, not a file");
+    // Cut short, empty, not a kernel.
+    let image = std::fs::read(&kernel).unwrap();
+    let cut = dir.join("cut");
+    std::fs::write(&cut, &image[..image.len() - 4096]).unwrap();
+    refuses(
+        &[kernel_arg, cut.as_os_str()],
+        "is cut short: its header accounts for",
+    );
+    let empty = dir.join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    refuses(
+        &[kernel_arg, empty.as_os_str()],
+        "is empty; give an x86_64 Linux bzImage or ELF vmlinux",
+    );
+    let script = dir.join("script");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    refuses(&[kernel_arg, script.as_os_str()], "is not a Linux kernel");
+    // The memory minimum comes from the kernel's header (65M used to triple-fault).
+    let mem = OsStr::new("--memory");
+    let line = refuses(
+        &[kernel_arg, k, mem, OsStr::new("65M")],
+        "use --memory 80M or more",
+    );
+    assert!(
+        line.contains("it runs at 16 MiB and decompresses into 63.6 MiB, up to 79.6 MiB"),
+        "{line}"
+    );
+    // An initramfs that cannot fit whatever the memory: no "raise --memory".
+    let big = dir.join("big.cpio");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let line = refuses(
+        &[
+            kernel_arg,
+            k,
+            initrd_arg,
+            big.as_os_str(),
+            mem,
+            OsStr::new("8G"),
+        ],
+        "does not fit between the kernel and 0x7fffffff",
+    );
+    assert!(!line.contains("--memory 8"), "{line}");
+    // The command line: up to the kernel's own cmdline_size.
+    let long = "x".repeat(2048);
+    refuses(
+        &[kernel_arg, k, OsStr::new("--cmdline"), OsStr::new(&long)],
+        "--cmdline is 2048 bytes but the kernel takes at most 2047 (its header's cmdline_size)",
+    );
+    // A kernel path that is not UTF-8, shown escaped.
+    let odd = dir.join(OsStr::from_bytes(b"k\xff"));
+    refuses(&[kernel_arg, odd.as_os_str()], "\\xFF");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Devices named by paths that are not PCI devices or mdevs, and the same device given by
+/// its address and its sysfs path.
+#[test]
+fn device_paths() {
+    let dir = scratch("devices");
+    let kernel = debian_like_bzimage(&dir);
+    let run = |spec: &str, needle: &str| {
+        refuses(
+            &[
+                OsStr::new("--kernel"),
+                kernel.as_os_str(),
+                OsStr::new("--device"),
+                OsStr::new(spec),
+            ],
+            needle,
+        )
+    };
+    run(
+        "vfio-pci,sysfsdev=/sys/kernel/mm",
+        "/sys/kernel/mm is not a device directory (it has no subsystem link)",
+    );
+    run(
+        "vfio-pci,sysfsdev=/sys/nonexistent",
+        "no device at /sys/nonexistent",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs vmm as the unprivileged user `nobody` (this test binary runs as root in CI).
+fn refuses_as_nobody(args: &[&OsStr], needle: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these cases need root to become nobody"
+    );
+    let out = Command::new(VMM)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("vmm starts as nobody");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    assert!(
+        err.starts_with("vmm: ") && err.contains(needle),
+        "{args:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// What an unprivileged user meets: a kernel they cannot read, /dev/kvm they may not open.
+#[test]
+fn as_an_unprivileged_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("nobody");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = debian_like_bzimage(&dir);
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let secret = dir.join("secret-bzImage");
+    std::fs::copy(&kernel, &secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let k = OsStr::new("--kernel");
+    refuses_as_nobody(
+        &[k, secret.as_os_str()],
+        "Permission denied (os error 13); check the file's permissions",
+    );
+    // (std drops root's supplementary groups with the uid.)
+    // A readable kernel: then /dev/kvm (root:kvm 0660 on Debian) is what stops nobody.
+    let kvm = std::fs::metadata("/dev/kvm").expect("/dev/kvm exists");
+    assert_eq!(
+        kvm.permissions().mode() & 0o006,
+        0,
+        "/dev/kvm is not for everyone here"
+    );
+    refuses_as_nobody(
+        &[k, kernel.as_os_str()],
+        "cannot open /dev/kvm: Permission denied",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
