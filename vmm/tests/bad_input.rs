@@ -541,11 +541,8 @@ fn device_paths() {
 fn refuses_as_nobody(args: &[&OsStr], needle: &str) -> String {
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these cases need root to become nobody"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these cases need root to become nobody");
     let out = Command::new(VMM)
         .args(args)
         .uid(65534)
