@@ -160,6 +160,13 @@ pub enum Error {
         /// The device both name.
         device: String,
     },
+    /// `vmm remote` without its socket or verb (`missing`: what clap named).
+    RemoteUsage {
+        /// What is missing, as clap names it.
+        missing: String,
+    },
+    /// `vmm remote` with a verb it does not know, or its argument wrong.
+    Verb(Advice),
     /// Two `--device`s with one `id=`.
     SameId {
         /// The first spec.
@@ -286,6 +293,17 @@ impl Explain for Error {
                 format!("--device '{first}' and --device '{second}' name the same device {device}"),
                 "give each device once",
             ),
+            Self::RemoteUsage { missing } => Advice::new(
+                match missing.is_empty() {
+                    true => "vmm remote takes --api-socket PATH, a verb and its argument".into(),
+                    false => format!("vmm remote needs {missing}"),
+                },
+                format!(
+                    "write vmm remote --api-socket PATH VERB [ARG]; VERB is one of: {}",
+                    crate::api::client::VERBS
+                ),
+            ),
+            Self::Verb(advice) => advice.clone(),
             Self::SameId { first, second, id } => Advice::new(
                 format!("--device '{first}' and --device '{second}' both have id={id}"),
                 "give each device its own id",
@@ -306,6 +324,13 @@ pub enum Command {
     Run(VmConfig),
     /// Report whether the host is ready (`vmm check`).
     Check(crate::check::CheckConfig),
+    /// Ask a running vmm (`vmm remote`).
+    Remote {
+        /// Its API socket.
+        socket: PathBuf,
+        /// What to ask.
+        verb: crate::api::client::Verb,
+    },
 }
 
 /// Everything needed to build and run a guest.
@@ -333,6 +358,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     /// How many `-v`: 1 info, 2 debug, 3 trace; 0 leaves the level to RUST_LOG.
     pub verbose: u8,
+    /// Serve the control API on a Unix socket here.
+    pub api_socket: Option<PathBuf>,
 }
 
 impl Command {
@@ -349,6 +376,7 @@ impl Command {
         };
         match parsed.command {
             Some(cli::Sub::Check(check)) => check_config(check).map(Command::Check),
+            Some(cli::Sub::Remote(remote)) => remote_command(remote),
             None => vm_config(parsed.run).map(Command::Run),
         }
     }
@@ -376,7 +404,28 @@ fn vm_config(run: cli::RunArgs) -> Result<VmConfig, Error> {
         stats: run.stats.as_deref().map(stats).transpose()?,
         seccomp: seccomp(&run.seccomp)?,
         verbose: run.verbose.min(3),
+        api_socket: run
+            .api_socket
+            .map(|p| path("--api-socket", p))
+            .transpose()?,
     })
+}
+
+fn remote_command(remote: cli::RemoteArgs) -> Result<Command, Error> {
+    let missing = |what: &str| Error::RemoteUsage {
+        missing: what.into(),
+    };
+    let socket = path(
+        "--api-socket",
+        remote
+            .api_socket
+            .ok_or_else(|| missing("--api-socket PATH"))?,
+    )?;
+    let verb = remote.verb.ok_or_else(|| missing("VERB"))?;
+    let verb = text("VERB", &verb)?;
+    let arg = remote.arg.as_deref().map(|a| text("ARG", a)).transpose()?;
+    let verb = crate::api::client::Verb::parse(verb, arg).map_err(Error::Verb)?;
+    Ok(Command::Remote { socket, verb })
 }
 
 fn check_config(check: cli::CheckArgs) -> Result<crate::check::CheckConfig, Error> {

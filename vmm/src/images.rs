@@ -380,6 +380,7 @@ mod tests {
             stats: None,
             seccomp: true,
             verbose: 0,
+            api_socket: None,
         }
     }
 

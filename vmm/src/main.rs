@@ -16,6 +16,7 @@ fn main() {
         Ok(Command::Version(text)) => print("the version", &text),
         Ok(Command::Check(cfg)) => check(&cfg),
         Ok(Command::Run(cfg)) => run(&cfg),
+        Ok(Command::Remote { socket, verb }) => remote(&socket, &verb),
         Err(e) => refuse(&e, &args),
     };
     // A vCPU thread that would not stop (vmm::run warned about it) must not keep the
@@ -54,6 +55,18 @@ fn check(cfg: &vmm::check::CheckConfig) -> i32 {
         Ok(true) => 0,
         Ok(false) => STATUS_ERROR,
         Err(e) => cannot_write("the report", &e),
+    }
+}
+
+/// `vmm remote`: the answer's body on stdout (a line of JSON), or the refusal on stderr.
+fn remote(socket: &std::path::Path, verb: &vmm::api::client::Verb) -> i32 {
+    match vmm::api::client::run(socket, verb) {
+        Ok(body) if body.is_empty() => 0,
+        Ok(body) => print("the answer", &format!("{body}\n")),
+        Err(e) => {
+            say_one_line(&e);
+            STATUS_ERROR
+        }
     }
 }
 

@@ -20,7 +20,11 @@
 //!   `VFIO_DEVICE_RESET`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`), VFIO group release
 //!   (`KVM_SET_DEVICE_ATTR`, `VFIO_GROUP_UNSET_CONTAINER`, `readlink` of the group), sysfs
 //!   reads and writes to give devices back to their drivers (`openat`, `getdents64`, `statx`,
-//!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, `exit_group`.
+//!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, the API socket removed
+//!   (`unlink`), `exit_group`.
+//! - The API thread (`--api-socket`): `accept4`, `recvfrom`/`sendto` and `setsockopt` (read
+//!   and write timeouts) on its connections, the eventfd that wakes the main loop, locks for
+//!   its channel; it installs its filter before it accepts anything.
 //!
 //! A thread started after its creator installed a filter inherits it (the kernel copies it):
 //! so the main thread installs its own only once the vCPU threads exist, and must not start
@@ -240,10 +244,18 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_access,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
+    // Removing the API socket on the way out.
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
 ];
 
 /// Only on the API thread: accepting connections and their timeouts.
-const API_ONLY: &[i64] = &[libc::SYS_accept4, libc::SYS_setsockopt];
+const API_ONLY: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+];
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
 

@@ -15,8 +15,9 @@ use std::ffi::OsString;
 pub const USAGE: &str = "\
 vmm --kernel PATH [--initramfs PATH] [--cmdline STR] [--memory SIZE] [--cpus N]
            [--device SPEC]... [--debug-exit[=PORT]] [--timeout SECS] [--stats[=json]]
-           [--seccomp=on|off] [-v...]
-       vmm check [--device SPEC]... [--memory SIZE] [--json]";
+           [--seccomp=on|off] [--api-socket PATH] [-v...]
+       vmm check [--device SPEC]... [--memory SIZE] [--json]
+       vmm remote --api-socket PATH VERB [ARG]";
 
 const TEMPLATE: &str = "{about}\n\n{usage-heading} {usage}\n\n{all-args}{after-help}";
 
@@ -94,9 +95,23 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+const REMOTE_ABOUT: &str = "\
+vmm remote: one request to the control API of a vmm started with --api-socket PATH (like
+Cloud Hypervisor's ch-remote). VERB is ping, info, add-device SPEC (a --device spec, or
+path=/sys/bus/pci/devices/...), remove-device ID, power-button, shutdown, pause or resume.
+The answer's JSON goes to stdout; a refusal is one line on stderr, status 1.";
+
 /// The commands besides a run.
 #[derive(Debug, Subcommand)]
 pub enum Sub {
+    /// Send one request to a running vmm's API socket (see below)
+    #[command(
+        before_help = REMOTE_ABOUT,
+        override_usage = "vmm remote --api-socket PATH VERB [ARG]",
+        help_template = "{before-help}\n\n{usage-heading} {usage}\n\n{all-args}",
+        disable_help_flag = true
+    )]
+    Remote(RemoteArgs),
     /// Is this host ready for passthrough? (see below)
     #[command(
         before_help = CHECK_ABOUT,
@@ -158,6 +173,9 @@ pub struct RunArgs {
                 they refuse (status 159)"
     )]
     pub seccomp: OsString,
+    /// serve the control API (HTTP with JSON, docs/API.md) on a Unix socket at PATH
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<OsString>,
     #[arg(short, long, action = ArgAction::Count, help = VERBOSE_HELP)]
     pub verbose: u8,
     /// print this help
@@ -166,6 +184,24 @@ pub struct RunArgs {
     /// print the version
     #[arg(short = 'V', long, action = ArgAction::Version)]
     version: Option<bool>,
+}
+
+/// The arguments of `vmm remote`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// the API socket of the vmm to ask
+    #[arg(long, value_name = "PATH", required = true)]
+    pub api_socket: Option<OsString>,
+    /// what to ask: ping, info, add-device, remove-device, power-button, shutdown, pause,
+    /// resume
+    #[arg(value_name = "VERB", required = true)]
+    pub verb: Option<OsString>,
+    /// add-device's SPEC, remove-device's ID
+    #[arg(value_name = "ARG")]
+    pub arg: Option<OsString>,
+    /// print this help
+    #[arg(short, long, action = ArgAction::Help)]
+    help: Option<bool>,
 }
 
 /// The options of `vmm check`.
@@ -230,8 +266,12 @@ fn refusal(e: &clap::Error, args: &[OsString]) -> Error {
         _ => None,
     };
     let in_check = args.first().is_some_and(|a| a == "check");
+    let in_remote = args.first().is_some_and(|a| a == "remote");
     let invalid_arg = context(ContextKind::InvalidArg).unwrap_or_default();
     match e.kind() {
+        ErrorKind::MissingRequiredArgument if in_remote => Error::RemoteUsage {
+            missing: invalid_arg,
+        },
         ErrorKind::MissingRequiredArgument => Error::NoKernel,
         ErrorKind::InvalidValue if context(ContextKind::InvalidValue).as_deref() == Some("") => {
             let (option, value_name) = option_and_value_name(&invalid_arg);
@@ -241,6 +281,11 @@ fn refusal(e: &clap::Error, args: &[OsString]) -> Error {
             Error::DashValue {
                 option: option_before(&invalid_arg, args, false).unwrap_or_default(),
                 next: as_given(&invalid_arg, args),
+            }
+        }
+        ErrorKind::UnknownArgument | ErrorKind::ArgumentConflict if in_remote => {
+            Error::RemoteUsage {
+                missing: String::new(),
             }
         }
         ErrorKind::UnknownArgument if in_check => Error::UnknownCheckArgument {
@@ -359,8 +404,10 @@ mod tests {
     fn readme_options_table_matches_clap() {
         let cmd = command();
         let check = cmd.find_subcommand("check").unwrap().clone();
+        let remote = cmd.find_subcommand("remote").unwrap().clone();
         let mut want = longs(&cmd);
         want.extend(longs(&check));
+        want.extend(longs(&remote));
         want.sort();
         want.dedup();
         assert_eq!(readme_options(&cmd), want, "README's options table vs clap");
@@ -379,8 +426,10 @@ mod tests {
         // Every option in the usage lines is one clap knows.
         let cmd = command();
         let check = cmd.find_subcommand("check").unwrap().clone();
+        let remote = cmd.find_subcommand("remote").unwrap().clone();
         let mut known = longs(&cmd);
         known.extend(longs(&check));
+        known.extend(longs(&remote));
         for word in ours.iter().filter(|w| w.contains("--")) {
             let name: String = word
                 .trim_start_matches('[')

@@ -398,7 +398,23 @@ pub struct Passthrough {
     devices: Arc<Vec<Arc<Passed>>>,
 }
 
+/// One passed-through device as `vm.info` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Its id (`id=`, else its host name).
+    pub id: String,
+    /// The host device.
+    pub host: String,
+    /// Its guest PCI address.
+    pub bdf: String,
+}
+
 impl Passthrough {
+    /// What `vm.info` lists.
+    pub fn info(&self) -> Vec<DeviceInfo> {
+        Vec::new()
+    }
+
     /// Quiesces every device before it is released (the vCPUs are stopped): interrupts
     /// off and unwired from KVM, then a device reset where the device has one.
     pub fn shutdown(&self) {
