@@ -114,8 +114,9 @@ impl<W: Write> Drop for Progress<W> {
     }
 }
 
-/// `vmm: pinning guest RAM for DMA: 1.5/4.0 GiB`.
-fn progress_text(done: u64, total: u64) -> String {
+/// `vmm: pinning guest RAM for DMA: 1.5/4.0 GiB`: the progress line shown on a terminal
+/// (public for the end-to-end tests, which expect it).
+pub fn progress_text(done: u64, total: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
     format!(
         "vmm: pinning guest RAM for DMA: {:.1}/{:.1} GiB",

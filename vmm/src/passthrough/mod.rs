@@ -11,6 +11,8 @@ mod describe;
 mod dma;
 mod irqs;
 
+pub use dma::progress_text;
+
 use crate::config::DeviceConfig;
 use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
