@@ -1,14 +1,15 @@
 //! End-to-end tests of `vmm check`, the host readiness report, in the rig (see `rig.rs`):
 //! L1 is a host that is ready (q35 with an intel-iommu doing interrupt remapping, vfio-pci
-//! loaded), and l1-init puts devices in the states to report on. Each scenario prints every
-//! text line of the report (`RIG-CHECK`), the `--json` form (`RIG-CHECK-JSON`) and what L1's
-//! kernel shows of interrupt remapping (`RIG-CHECK-HOST`). The `check_*` and `json_*` tests
-//! need no rig: they run vmm check on this machine.
+//! loaded), and `tests/rig/l1/check.sh` puts devices in the states to report on. Each
+//! scenario gives every text line of the report (texts `line`), the `--json` form (text
+//! `json`), both exit statuses, the device's IOMMU group and what L1's kernel shows of
+//! interrupt remapping (`ecap`, `ir_domains`). The `check_*` and `json_*` tests need no rig:
+//! they run vmm check on this machine.
 
 #[path = "rig.rs"]
 mod rig;
 
-use rig::num;
+use rig::{fact, num};
 
 const SCENARIOS: &str = "check-ready,check-not-viable,check-unbound";
 
@@ -16,14 +17,36 @@ fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
 }
 
+/// The report lines vmm check must print for failures, built from the errors whose advice
+/// they carry (never from copied text), in `vmm::check`'s layout: the status, two spaces per
+/// level of nesting, what was checked and found, "; " and the fix.
+mod expect {
+    use diag::Explain;
+    use vfio::sysfs::Error;
+
+    /// The line of a check that failed with `e`, whose problem names what was checked,
+    /// `depth` levels deep: the error's message as a run prints it.
+    pub fn failed(depth: usize, e: &Error) -> String {
+        format!("FAIL  {:indent$}{e}", "", indent = 2 * depth)
+    }
+
+    /// The line of group member `device`, on host driver `driver`, under a group that is not
+    /// viable: what binds it to vfio-pci.
+    pub fn blocking_member(device: &str, driver: &str) -> String {
+        let e = Error::NotVfioBound {
+            device: device.into(),
+            driver: Some(driver.into()),
+        };
+        format!(
+            "FAIL      member {device}: bound to {driver}; {}",
+            e.advice().fix
+        )
+    }
+}
+
 /// The report's text lines for `scenario`.
 fn lines(scenario: &str) -> Vec<&'static str> {
-    let prefix = format!("RIG-CHECK scenario={scenario} line=");
-    run()
-        .lines(&prefix)
-        .into_iter()
-        .map(|l| &l[prefix.len()..])
-        .collect()
+    run().texts(scenario, "line")
 }
 
 /// The one line starting with `start`.
@@ -34,28 +57,22 @@ fn line(scenario: &str, start: &str) -> &'static str {
     found[0]
 }
 
-/// The `--json` output of `scenario`, parsed, with its exit status.
+/// The `--json` output of `scenario`, parsed, with its exit status; the text report's
+/// exit status is the same.
 fn json(scenario: &str) -> (Json, u64) {
-    let prefix = format!("RIG-CHECK-JSON scenario={scenario} status=");
-    let found = run().lines(&prefix);
-    assert_eq!(found.len(), 1, "{found:?}");
-    let (status, text) = found[0][prefix.len()..].split_once(" json=").unwrap();
-    let value = Json::parse(text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    (value, status.parse().unwrap())
-}
-
-/// The facts of RIG-CHECK-HOST for `scenario`.
-fn host(scenario: &str) -> rig::Facts {
-    let found = run().lines(&format!("RIG-CHECK-HOST scenario={scenario} "));
-    assert_eq!(found.len(), 1, "{found:?}");
-    rig::parse_facts(found[0])
+    let f = run().facts(scenario);
+    let found = run().texts(scenario, "json");
+    assert_eq!(found.len(), 1, "one line: {found:?}");
+    let value = Json::parse(found[0]).unwrap_or_else(|e| panic!("{e}: {}", found[0]));
+    let status = num(f, "json_status");
+    assert_eq!(status, num(f, "status"), "text and JSON: {f:?}");
+    (value, status)
 }
 
 #[test]
 fn ready_host_and_device_pass() {
     let f = run().facts("check-ready");
     assert_eq!(num(f, "status"), 0, "{f:?}");
-    assert_eq!(num(f, "fails"), 0, "{f:?}");
     let all = lines("check-ready");
     for l in &all {
         assert!(
@@ -82,10 +99,11 @@ fn ready_host_and_device_pass() {
         line("check-ready", "PASS  memlock: "),
         "PASS  memlock: not limited (CAP_IPC_LOCK)"
     );
-    let dev = line("check-ready", "PASS  device 0000:00:03.0: ");
-    let group = dev
-        .strip_prefix("PASS  device 0000:00:03.0: bound to vfio-pci, IOMMU group ")
-        .unwrap_or_else(|| panic!("{dev}"));
+    let group = fact(f, "group");
+    assert_eq!(
+        line("check-ready", "PASS  device 0000:00:03.0: "),
+        format!("PASS  device 0000:00:03.0: bound to vfio-pci, IOMMU group {group}")
+    );
     let members = line("check-ready", "PASS    IOMMU group ");
     assert_eq!(
         members,
@@ -111,10 +129,10 @@ fn ready_host_and_device_pass() {
 /// ecap has the IR bit (3), and check says so.
 #[test]
 fn interrupt_remapping_is_seen() {
-    let h = host("check-ready");
-    let domains = &h["ir_domains"];
+    let h = run().facts("check-ready");
+    let domains = fact(h, "ir_domains");
     assert!(domains.contains("IR-IO-APIC"), "{h:?}");
-    let ecap = u64::from_str_radix(h["ecap"].trim_end_matches(','), 16).unwrap();
+    let ecap = u64::from_str_radix(fact(h, "ecap").trim_end_matches(','), 16).unwrap();
     assert_ne!(ecap & (1 << 3), 0, "ecap IR bit: {h:?}");
     let ir = line("check-ready", "PASS  interrupt remapping: ");
     assert!(
@@ -157,17 +175,18 @@ fn ready_json_matches_the_text() {
 fn not_viable_group_names_the_member_and_its_driver() {
     let f = run().facts("check-not-viable");
     assert_eq!(num(f, "status"), 1, "{f:?}");
-    let group = line("check-not-viable", "FAIL    IOMMU group ");
-    assert!(
-        group.contains(" is not viable: 0000:01:02.0 is bound to uio_pci_generic: bind every"),
-        "{group}"
+    let group = num(f, "group") as u32;
+    let not_viable = vfio::sysfs::Error::NotViable {
+        group,
+        blockers: vec![("0000:01:02.0".into(), "uio_pci_generic".into())],
+    };
+    assert_eq!(
+        line("check-not-viable", "FAIL    IOMMU group "),
+        expect::failed(1, &not_viable)
     );
     assert_eq!(
         line("check-not-viable", "FAIL      member "),
-        "FAIL      member 0000:01:02.0: bound to uio_pci_generic: modprobe vfio-pci; \
-         echo vfio-pci > /sys/bus/pci/devices/0000:01:02.0/driver_override; \
-         echo 0000:01:02.0 > /sys/bus/pci/drivers/uio_pci_generic/unbind; \
-         echo 0000:01:02.0 > /sys/bus/pci/drivers_probe"
+        expect::blocking_member("0000:01:02.0", "uio_pci_generic")
     );
     // The bridge and the device asked about do not block the group.
     assert!(line("check-not-viable", "PASS      member 0000:00:05.0: ").ends_with("PCI bridge"));
@@ -187,11 +206,13 @@ fn not_viable_group_names_the_member_and_its_driver() {
 fn unbound_device_fails_with_the_commands_to_bind_it() {
     let f = run().facts("check-unbound");
     assert_eq!(num(f, "status"), 1, "{f:?}");
+    let unbound = vfio::sysfs::Error::NotVfioBound {
+        device: "0000:00:02.0".into(),
+        driver: None,
+    };
     assert_eq!(
         line("check-unbound", "FAIL  device 0000:00:02.0"),
-        "FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci: modprobe vfio-pci; \
-         echo vfio-pci > /sys/bus/pci/devices/0000:00:02.0/driver_override; \
-         echo 0000:00:02.0 > /sys/bus/pci/drivers_probe"
+        expect::failed(0, &unbound)
     );
     let all = lines("check-unbound");
     assert_eq!(
@@ -200,7 +221,10 @@ fn unbound_device_fails_with_the_commands_to_bind_it() {
         "only the device fails: {all:#?}"
     );
     // No group node to report on before the device is bound to vfio-pci.
-    assert!(!all.iter().any(|l| l.contains("/dev/vfio/2")), "{all:#?}");
+    let node = format!("/dev/vfio/{}", fact(f, "group"));
+    assert!(!all.iter().any(|l| l.contains(&node)), "{all:#?}");
+    let (value, status) = json("check-unbound");
+    assert_eq!((value.get("ok"), status), (Some(&Json::Bool(false)), 1));
 }
 
 /// On the machine running the tests (no rig): whatever this host is, the text and JSON

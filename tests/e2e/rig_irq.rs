@@ -1,10 +1,12 @@
-//! End-to-end interrupt tests in the rig (see `rig.rs`): edu raises interrupts that the L2
-//! guest's driver counts, through INTx (irqfd + resample) and MSI, and NVMe uses MSI-X.
+//! End-to-end interrupt tests in the rig (see `rig.rs`; the scenarios are in
+//! `tests/rig/l1/irq.sh`, vfio-nvme in `vfio.sh`): edu raises interrupts that the L2 guest's
+//! driver counts, through INTx (irqfd + resample) and MSI, and NVMe, virtio-rng and the
+//! e1000e use MSI-X.
 
 #[path = "rig.rs"]
 mod rig;
 
-use rig::num;
+use rig::{assert_all_delivered, assert_edu_works, assert_ran, edu_irq_lines, fact, num};
 
 const SCENARIOS: &str =
     "vfio-edu-intx,vfio-edu-msi,vfio-edu-modes,vfio-nvme,vfio-virtio,vfio-msix-mask,vfio-irq-stats";
@@ -13,47 +15,53 @@ fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
 }
 
-/// The guest's count for `scenario`: 1000 raised, 1000 handled, none lost or spurious.
-fn all_delivered(scenario: &str) {
+/// The guest's count for `scenario`: 1000 raised in `mode`, 1000 handled, none lost or
+/// spurious; the edu works otherwise too.
+fn all_delivered(scenario: &str, mode: &str) {
     let f = run().facts(scenario);
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let line = run()
-        .lines("RIG-EDU-IRQ")
-        .into_iter()
-        .find(|l| l.contains(&format!("scenario={scenario} ")))
-        .unwrap_or_else(|| panic!("no RIG-EDU-IRQ line for {scenario}"));
-    let facts = rig::parse_facts(line);
-    assert_eq!(num(&facts, "irqs"), 1000, "{line}");
-    assert_eq!(num(&facts, "handled"), 1000, "{line}");
-    assert_eq!(num(&facts, "lost"), 0, "{line}");
-    assert_eq!(num(&facts, "spurious"), 0, "{line}");
+    assert_ran(f);
+    let edu = run().texts(scenario, "edu");
+    assert_edu_works(&edu, 1);
+    assert_all_delivered(&edu, mode, 1000);
+}
+
+/// The guest's per-vector interrupt counts (its RIG-IRQ lines) of `scenario`.
+fn vectors(scenario: &str) -> Vec<rig::Facts> {
+    let lines = run().texts(scenario, "irq");
+    lines.iter().map(|l| rig::parse_facts(l)).collect()
 }
 
 #[test]
 fn edu_intx_1000_of_1000() {
-    all_delivered("vfio-edu-intx");
+    all_delivered("vfio-edu-intx", "intx");
 }
 
 #[test]
 fn edu_msi_1000_of_1000() {
-    all_delivered("vfio-edu-msi");
+    all_delivered("vfio-edu-msi", "msi");
 }
 
 #[test]
 fn intx_then_msi_then_intx_in_one_boot() {
-    // l1-init checks three results in order intx,msi,intx, each 1000/1000.
-    assert_eq!(num(run().facts("vfio-edu-modes"), "status"), 0);
+    let f = run().facts("vfio-edu-modes");
+    assert_ran(f);
+    let lines = run().texts("vfio-edu-modes", "edu");
+    let irqs = edu_irq_lines(&lines);
+    let modes: Vec<&str> = irqs.iter().map(|i| fact(i, "irq_mode")).collect();
+    assert_eq!(modes, ["intx", "msi", "intx"], "{lines:#?}");
+    for i in &irqs {
+        assert_eq!(num(i, "irqs"), 1000, "{i:?}");
+        assert_eq!(num(i, "handled"), 1000, "{i:?}");
+        assert_eq!(num(i, "lost"), 0, "{i:?}");
+        assert_eq!(num(i, "spurious"), 0, "{i:?}");
+    }
 }
 
 #[test]
 fn nvme_msix_every_queue_vector_counts() {
     let f = run().facts("vfio-nvme");
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let irqs: Vec<_> = run()
-        .lines("RIG-IRQ ")
-        .into_iter()
-        .map(rig::parse_facts)
-        .collect();
+    assert_ran(f);
+    let irqs = vectors("vfio-nvme");
     let io_queues: Vec<_> = irqs
         .iter()
         .filter(|f| {
@@ -71,15 +79,24 @@ fn nvme_msix_every_queue_vector_counts() {
 /// interrupts, fewer than 20 more exits: below 0.01 per interrupt), for MSI and INTx.
 #[test]
 fn no_userspace_work_per_interrupt() {
-    let f = run().facts("vfio-irq-stats");
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let lines = run().lines("RIG-IRQ-STATS");
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    for line in lines {
-        let facts = rig::parse_facts(line);
-        let (few, many) = (num(&facts, "exits_100"), num(&facts, "exits_2100"));
-        assert!(few > 0, "--stats reported no exits at all: {line}");
-        assert!(many < few + 20, "{line}");
+    let s = "vfio-irq-stats";
+    run().facts(s);
+    let runs = run().rows(s, "run");
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    for mode in ["msi", "intx"] {
+        let exits = |irqs: u64| {
+            let r = runs
+                .iter()
+                .find(|r| fact(r, "mode") == mode && num(r, "irqs") == irqs)
+                .unwrap_or_else(|| panic!("no {mode} run with {irqs}: {runs:?}"));
+            assert_ran(r);
+            let edu = run().texts(s, &format!("edu-{mode}-{irqs}"));
+            assert_all_delivered(&edu, mode, irqs);
+            num(r, "exits")
+        };
+        let (few, many) = (exits(100), exits(2100));
+        assert!(few > 0, "--stats reported no exits at all: {runs:?}");
+        assert!(many < few + 20, "{mode}: {few} exits, then {many}");
     }
 }
 
@@ -88,11 +105,10 @@ fn no_userspace_work_per_interrupt() {
 #[test]
 fn virtio_msix_vectors_count() {
     let f = run().facts("vfio-virtio");
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let irqs: Vec<_> = run()
-        .lines("RIG-IRQ ")
+    assert_ran(f);
+    assert_eq!(num(f, "rng_bytes"), 1024, "16 reads of 64 bytes: {f:?}");
+    let irqs: Vec<_> = vectors("vfio-virtio")
         .into_iter()
-        .map(rig::parse_facts)
         .filter(|f| f.get("name").is_some_and(|n| n.starts_with("virtio")))
         .collect();
     assert!(!irqs.is_empty(), "no virtio vectors in /proc/interrupts");
@@ -109,8 +125,8 @@ fn virtio_msix_vectors_count() {
 #[test]
 fn msix_per_vector_mask() {
     let f = run().facts("vfio-msix-mask");
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let lines = run().lines("RIG-MSIX ");
+    assert_ran(f);
+    let lines = run().texts("vfio-msix-mask", "msix");
     assert_eq!(lines.len(), 1, "{lines:?}");
     let m = rig::parse_facts(lines[0]);
     assert_eq!(num(&m, "pba"), 1, "pending bit while masked: {lines:?}");

@@ -1,10 +1,11 @@
-//! End-to-end VFIO passthrough tests in the rig (see `rig.rs`): the L2 guest drives
-//! devices of the emulated host through vmm, against the real kernel VFIO of L1.
+//! End-to-end VFIO passthrough tests in the rig (see `rig.rs`; the scenarios are in
+//! `tests/rig/l1/vfio.sh`): the L2 guest drives devices of the emulated host through vmm,
+//! against the real kernel VFIO of L1, and vmm refuses what it cannot pass through.
 
 #[path = "rig.rs"]
 mod rig;
 
-use rig::num;
+use rig::{assert_edu_works, assert_nvme_data, assert_ran, fact, num};
 
 const SCENARIOS: &str = "vfio-edu,vfio-edu-long,vfio-edu-sysfs,vfio-edu-devices,vfio-group,\
 vfio-nvme,vfio-not-viable,vfio-bad-bdf,vfio-no-device,vfio-not-bound,vfio-memlock,vfio-kill9";
@@ -13,77 +14,145 @@ fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
 }
 
-/// The edu checks (ident 0x010000ed, liveness inversion, DMA RAM -> edu -> RAM with matching
-/// bytes) are made inside L1 by l1-init's edu_check; ok=1 means they all held.
-fn edu_ok(scenario: &str) {
+/// The line vmm must refuse `scenario` with, built from the error it must return (never from
+/// copied text): "vmm: " and the error's message. Numbers only L1 knows (a group, a limit)
+/// are the scenario's facts; the arguments vmm got are its `arg` texts.
+fn expected_refusal(scenario: &str) -> String {
+    use vfio::sysfs::Error as Sysfs;
     let f = run().facts(scenario);
-    assert_eq!(num(f, "status"), 0, "{f:?}");
+    let args: Vec<String> = run()
+        .texts(scenario, "arg")
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let message = match scenario {
+        // The second edu of the bridge group is on uio_pci_generic (the bridge is no blocker).
+        "vfio-not-viable" => Sysfs::NotViable {
+            group: num(f, "group") as u32,
+            blockers: vec![("0000:01:02.0".into(), "uio_pci_generic".into())],
+        }
+        .to_string(),
+        "vfio-bad-bdf" => match vmm::config::Command::parse(args.clone()) {
+            Err(e) => e.to_string(),
+            Ok(cmd) => panic!("{args:?} parse: {cmd:?}"),
+        },
+        "vfio-no-device" => Sysfs::NoSuchDevice {
+            address: "0000:00:09.0".into(),
+            dir: std::path::Path::new(vfio::sysfs::SYSFS_ROOT).join("bus/pci/devices"),
+        }
+        .to_string(),
+        "vfio-not-bound" => Sysfs::NotVfioBound {
+            device: "0000:00:02.0".into(),
+            driver: None,
+        }
+        .to_string(),
+        "vfio-memlock" => {
+            let at = args.iter().position(|a| a == "--memory").expect("--memory");
+            let memory = vmm::config::parse_size(&args[at + 1]).unwrap();
+            let limit = vfio::host::MemlockLimit::Bytes(num(f, "memlock_kib") << 10);
+            limit.check(memory).unwrap_err().to_string()
+        }
+        _ => unreachable!("{scenario} is no refusal"),
+    };
+    format!("vmm: {message}")
+}
+
+/// vmm refused `scenario` before any guest ran: status 1, nothing on stdout, one line on
+/// stderr, the expected one.
+fn refused(scenario: &str) {
+    let f = run().facts(scenario);
+    assert_eq!(num(f, "status"), 1, "{f:?}");
+    assert_eq!(
+        run().texts(scenario, "stderr"),
+        [expected_refusal(scenario)],
+        "{f:?}"
+    );
+    assert_eq!(run().texts(scenario, "stdout"), [""; 0], "{f:?}");
+}
+
+/// The guest ran and its edu driver found `devices` edus working: ident, liveness, DMA
+/// RAM -> edu -> RAM with matching bytes.
+fn edu_ok(scenario: &str, devices: usize) {
+    let f = run().facts(scenario);
+    assert_ran(f);
+    assert_edu_works(&run().texts(scenario, "edu"), devices);
 }
 
 #[test]
 fn edu_by_short_bdf() {
-    edu_ok("vfio-edu");
+    edu_ok("vfio-edu", 1);
 }
 
 #[test]
 fn edu_by_full_bdf() {
-    edu_ok("vfio-edu-long");
+    edu_ok("vfio-edu-long", 1);
 }
 
 #[test]
 fn edu_by_sysfs_bus_path() {
-    edu_ok("vfio-edu-sysfs");
+    edu_ok("vfio-edu-sysfs", 1);
 }
 
 #[test]
 fn edu_by_sysfs_devices_path() {
-    edu_ok("vfio-edu-devices");
+    edu_ok("vfio-edu-devices", 1);
 }
 
 #[test]
 fn bridge_group_passed_together() {
-    edu_ok("vfio-group");
+    edu_ok("vfio-group", 2);
 }
 
 #[test]
 fn nvme_data_matches_the_image() {
     let f = run().facts("vfio-nvme");
-    assert_eq!(num(f, "status"), 0, "{f:?}");
-    let check = run().lines("RIG-NVME-CHECK");
-    assert_eq!(check.len(), 1, "{check:?}");
-    let facts = rig::parse_facts(check[0]);
-    assert_eq!(facts.get("got"), facts.get("want"), "{check:?}");
-    assert_eq!(facts["want"].len(), 64, "{check:?}");
+    assert_ran(f);
+    assert_nvme_data(f);
 }
 
 #[test]
 fn device_usable_again_after_kill_9() {
-    edu_ok("vfio-kill9");
+    let f = run().facts("vfio-kill9");
+    assert_eq!(num(f, "held"), 1, "the first vmm's guest never ran: {f:?}");
+    edu_ok("vfio-kill9", 1);
 }
 
-/// The expected messages are compared exactly inside L1 (l1-init's expect_fail): one line on
-/// stderr, status 1.
+/// Each vmm thread of a running VM is under its seccomp filter; KVM's own kernel workers in
+/// its thread group (kvm-*) are not vmm's.
+#[test]
+fn every_vmm_thread_runs_under_seccomp() {
+    let mut threads: Vec<(&str, u64)> = run()
+        .rows("vfio-kill9", "thread")
+        .into_iter()
+        .map(|t| (fact(t, "name"), num(t, "seccomp")))
+        .filter(|t| !t.0.starts_with("kvm-"))
+        .collect();
+    threads.sort();
+    let filter = u64::from(libc::SECCOMP_MODE_FILTER);
+    assert_eq!(threads, [("vcpu0", filter), ("vmm", filter)]);
+}
+
 #[test]
 fn group_not_viable_names_the_device_and_driver() {
-    assert_eq!(num(run().facts("vfio-not-viable"), "status"), 1);
+    refused("vfio-not-viable");
 }
 
 #[test]
 fn malformed_bdf_is_rejected() {
-    assert_eq!(num(run().facts("vfio-bad-bdf"), "status"), 1);
+    refused("vfio-bad-bdf");
 }
 
 #[test]
 fn missing_device_is_rejected() {
-    assert_eq!(num(run().facts("vfio-no-device"), "status"), 1);
+    refused("vfio-no-device");
 }
 
 #[test]
 fn memlock_too_low_says_how_much_is_needed() {
-    assert_eq!(num(run().facts("vfio-memlock"), "status"), 1);
+    refused("vfio-memlock");
 }
 
 #[test]
 fn device_not_bound_to_vfio_pci_is_rejected() {
-    assert_eq!(num(run().facts("vfio-not-bound"), "status"), 1);
+    refused("vfio-not-bound");
 }

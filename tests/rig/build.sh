@@ -3,7 +3,8 @@
 #   stamp               static timing/output tool (stamp.c), runs in L1
 #   l2-initrd.cpio.gz   L2 guest initramfs: static busybox + l2-init as /init
 #   l1-initrd.cpio      L1 (emulated host) initramfs: busybox, kvm/vfio modules, vmm,
-#                       qemu-system-x86_64 (+ libs, firmware), stamp, L2 kernel+initramfs, l1-init
+#                       qemu-system-x86_64 (+ libs, firmware), stamp, L2 kernel+initramfs,
+#                       l1-init as /init and the scenarios it sources (l1/*.sh) in /rig
 #   kver                the 6.1 kernel version used for L1 and L2
 # Env: VMM_BIN (default <repo>/target/release/vmm). A missing VMM_BIN is a warning only, so
 # the QEMU scenarios can be developed without it; vmm scenarios then report reason=no-vmm.
@@ -119,6 +120,8 @@ rm -rf "$l2tree"
 l1tree=$OUT/l1-tree
 base_tree "$l1tree"
 install -m 0755 "$RIG/l1-init" "$l1tree/init"
+# The scenarios l1-init sources: lib.sh and one file per family.
+install -D -m 0644 -t "$l1tree/rig" "$RIG"/l1/*.sh
 install -m 0755 "$OUT/stamp" "$l1tree/usr/bin/stamp"
 
 install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic nvme
