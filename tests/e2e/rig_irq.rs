@@ -77,6 +77,9 @@ fn nvme_msix_every_queue_vector_counts() {
 
 /// --stats: vmm's exit count does not grow with the number of interrupts (2000 more
 /// interrupts, fewer than 20 more exits: below 0.01 per interrupt), for MSI and INTx.
+/// Reads of the ACPI sleep status register do not count: a guest powering off polls it
+/// until vmm has stopped its vCPU, as often as the teardown's latency allows (2 to 64
+/// reads seen on a loaded machine), whatever the interrupts were.
 #[test]
 fn no_userspace_work_per_interrupt() {
     let s = "vfio-irq-stats";
@@ -92,7 +95,7 @@ fn no_userspace_work_per_interrupt() {
             assert_ran(r);
             let edu = run().texts(s, &format!("edu-{mode}-{irqs}"));
             assert_all_delivered(&edu, mode, irqs);
-            num(r, "exits")
+            num(r, "exits") - num(r, "acpi_pm")
         };
         let (few, many) = (exits(100), exits(2100));
         assert!(few > 0, "--stats reported no exits at all: {runs:?}");

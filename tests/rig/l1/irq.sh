@@ -42,8 +42,9 @@ irq_edu_modes() {
 }
 
 # vmm's userspace must not run per interrupt: for MSI and INTx, a boot with 100 and one with
-# 2100 interrupts, each a row of table run with vmm's total exits (--stats=json) and the
-# run's facts, and its edu lines under edu-MODE-COUNT.
+# 2100 interrupts, each a row of table run with vmm's total exits and its accesses to the
+# ACPI sleep registers (--stats=json) and the run's facts, and its edu lines under
+# edu-MODE-COUNT.
 irq_stats() {
     bind_vfio 0000:00:03.0
     DEVS=host=00:03.0 VMM_EXTRA=--stats=json
@@ -51,7 +52,7 @@ irq_stats() {
         for n in 100 2100; do
             L2_ARGS="rig.edu=irq_mode=$mode+irqs=$n"
             run_l2 "$SCENARIO-$mode-$n" vmm 1 512M edu
-            row run "mode=$mode irqs=$n exits=$(exits_of "$LOG") $RUN"
+            row run "mode=$mode irqs=$n exits=$(exits_of "$LOG") acpi_pm=$(trapped_of "$LOG" pio:acpi-pm) $RUN"
             edu_texts "edu-$mode-$n"
         done
     done

@@ -183,6 +183,13 @@ exits_of() {
         awk '{ s += $1 } END { print s + 0 }'
 }
 
+# trapped_of LOG NAME: the accesses vmm's --stats=json line counts for device NAME (such as
+# pio:acpi-pm), none when it names no such device.
+trapped_of() {
+    n=$(grep -o "\"$2\":[0-9]*" "$1" | tail -n 1)
+    or_none "${n##*:}"
+}
+
 # --- vmm runs that are not run_l2 ---
 
 # vmm_args ARGS...: the arguments vmm is about to get, one text each under arg (the tests
