@@ -6,7 +6,7 @@ mod rig;
 
 use rig::{assert_ram, assert_ran, num};
 
-const SCENARIOS: &str = "boot,boot-pvh,reboot,mem4g,qemu-boot";
+const SCENARIOS: &str = "boot,boot-pvh,reboot,reboot-1cpu,mem4g,qemu-boot,qemu-pvh";
 
 fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
@@ -35,6 +35,14 @@ fn reboot_ends_vmm_with_status_0() {
     assert_eq!(num(f, "cpus"), 2, "{f:?}");
 }
 
+/// With one vCPU too (tells an SMP reboot problem from any other).
+#[test]
+fn reboot_with_1_cpu_ends_vmm_with_status_0() {
+    let f = run().facts("reboot-1cpu");
+    assert_ran(f);
+    assert_eq!(num(f, "cpus"), 1, "{f:?}");
+}
+
 #[test]
 fn four_gib_guest_sees_all_its_ram() {
     let f = run().facts("mem4g");
@@ -52,6 +60,13 @@ fn vmm_uses_under_8_mib_outside_guest_ram() {
 #[test]
 fn qemu_boot_anchor() {
     let f = run().facts("qemu-boot");
+    assert_ran(f);
+    assert_eq!(num(f, "cpus"), 2, "{f:?}");
+}
+
+#[test]
+fn qemu_pvh_anchor() {
+    let f = run().facts("qemu-pvh");
     assert_ran(f);
     assert_eq!(num(f, "cpus"), 2, "{f:?}");
 }

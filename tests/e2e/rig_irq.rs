@@ -8,8 +8,8 @@ mod rig;
 
 use rig::{assert_all_delivered, assert_edu_works, assert_ran, edu_irq_lines, fact, num};
 
-const SCENARIOS: &str =
-    "vfio-edu-intx,vfio-edu-msi,vfio-edu-modes,vfio-nvme,vfio-virtio,vfio-msix-mask,vfio-irq-stats";
+const SCENARIOS: &str = "vfio-edu-intx,vfio-edu-msi,vfio-edu-modes,vfio-nvme,vfio-virtio,\
+vfio-msix-mask,vfio-irq-stats,qemu-edu-intx,qemu-edu-msi,qemu-msix-mask";
 
 fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
@@ -39,6 +39,13 @@ fn edu_intx_1000_of_1000() {
 #[test]
 fn edu_msi_1000_of_1000() {
     all_delivered("vfio-edu-msi", "msi");
+}
+
+/// The anchors: the same under QEMU's vfio-pci.
+#[test]
+fn qemu_edu_intx_and_msi_anchors() {
+    all_delivered("qemu-edu-intx", "intx");
+    all_delivered("qemu-edu-msi", "msi");
 }
 
 #[test]
@@ -127,9 +134,19 @@ fn virtio_msix_vectors_count() {
 /// under QEMU's vfio-pci too, so the counts are compared rather than fixed.)
 #[test]
 fn msix_per_vector_mask() {
-    let f = run().facts("vfio-msix-mask");
+    msix_mask("vfio-msix-mask");
+}
+
+/// The anchor: the same under QEMU's vfio-pci.
+#[test]
+fn qemu_msix_mask_anchor() {
+    msix_mask("qemu-msix-mask");
+}
+
+fn msix_mask(scenario: &str) {
+    let f = run().facts(scenario);
     assert_ran(f);
-    let lines = run().texts("vfio-msix-mask", "msix");
+    let lines = run().texts(scenario, "msix");
     assert_eq!(lines.len(), 1, "{lines:?}");
     let m = rig::parse_facts(lines[0]);
     assert_eq!(num(&m, "pba"), 1, "pending bit while masked: {lines:?}");

@@ -5,10 +5,11 @@
 #[path = "rig.rs"]
 mod rig;
 
-use rig::{assert_edu_works, assert_nvme_data, assert_ran, fact, num};
+use rig::{assert_all_delivered, assert_edu_works, assert_nvme_data, assert_ran, fact, num};
 
 const SCENARIOS: &str = "vfio-edu,vfio-edu-long,vfio-edu-sysfs,vfio-edu-devices,vfio-group,\
-vfio-nvme,vfio-not-viable,vfio-bad-bdf,vfio-no-device,vfio-not-bound,vfio-memlock,vfio-kill9";
+vfio-nvme,vfio-not-viable,vfio-bad-bdf,vfio-no-device,vfio-not-bound,vfio-memlock,vfio-kill9,\
+demo,qemu-vfio-edu";
 
 fn run() -> &'static rig::RigRun {
     rig::rig(SCENARIOS)
@@ -96,6 +97,19 @@ fn edu_by_sysfs_bus_path() {
 #[test]
 fn edu_by_sysfs_devices_path() {
     edu_ok("vfio-edu-devices", 1);
+}
+
+/// tests/rig/demo: the guest (2 vCPUs, its console shown) drives the edu, MSI included.
+#[test]
+fn demo_guest_drives_the_edu() {
+    edu_ok("demo", 1);
+    assert_all_delivered(&run().texts("demo", "edu"), "msi", 1000);
+}
+
+/// The anchor: the same guest under QEMU's vfio-pci.
+#[test]
+fn qemu_edu_anchor() {
+    edu_ok("qemu-vfio-edu", 1);
 }
 
 #[test]
