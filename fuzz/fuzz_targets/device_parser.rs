@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     }
     match Command::parse(args.clone()) {
         Ok(Command::Run(cfg)) => {
-            assert!(cfg.memory > 0 && cfg.memory % 4096 == 0, "{cfg:?}");
+            assert!(cfg.memory.size > 0 && cfg.memory.size % 4096 == 0, "{cfg:?}");
             assert!((1..=MAX_CPUS).contains(&cfg.cpus), "{cfg:?}");
             assert_ne!(cfg.timeout, Some(0));
             cfg.devices.iter().for_each(check_device);

@@ -154,7 +154,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         Some(path) => Some(open_file("initramfs", path)?),
         None => None,
     };
-    check_host_memory(cfg.memory)?;
+    check_host_memory(cfg.memory.size)?;
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
     if usize::from(cfg.cpus) > max {
@@ -165,7 +165,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     }
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
     log::debug!("KVM VM created");
-    let memory = crate::memory::create(cfg.memory)?;
+    let memory = crate::memory::create(&cfg.memory)?;
     register_memory(&vm, &memory)?;
     setup_irqchip(&vm)?;
     log::debug!(
@@ -181,7 +181,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     let setup = crate::passthrough::Setup {
         vm: &vm,
         memory: &memory,
-        mem_size: cfg.memory,
+        mem_size: cfg.memory.size,
         pio: &pio,
         mmio: &mmio,
     };
@@ -379,7 +379,7 @@ fn load_guest(
     initrd: Option<File>,
 ) -> Result<Entry, Error> {
     let path = cfg.kernel.display().to_string();
-    let low_end = ram_ranges(cfg.memory)[0].len;
+    let low_end = ram_ranges(cfg.memory.size)[0].len;
     let file_len = kernel.metadata().map(|m| m.len()).unwrap_or(0);
     if HIMEM_START + file_len > low_end {
         return Err(boot::too_small(HIMEM_START + file_len).into());
@@ -437,7 +437,7 @@ fn load_guest(
     let data = BootData {
         cmdline_len: cfg.cmdline.len(),
         initrd,
-        mem_size: cfg.memory,
+        mem_size: cfg.memory.size,
     };
     match entry {
         Entry::Long64 { .. } => boot::write_boot_params(memory, header, &data)?,
@@ -465,7 +465,7 @@ fn load_initrd(
         addr_max,
         size,
     };
-    let addr = boot::initrd_address(cfg.memory, placement)?;
+    let addr = boot::initrd_address(cfg.memory.size, placement)?;
     memory
         .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| file_err(std::io::Error::other(e.to_string())))?;

@@ -33,8 +33,9 @@ const ECAP_IR: u64 = 1 << 3;
 pub struct CheckConfig {
     /// Devices to check, as `--device` of a run takes them.
     pub devices: Vec<DeviceConfig>,
-    /// Guest RAM to check the locked-memory limit against.
-    pub memory: Option<u64>,
+    /// Guest RAM to check the locked-memory limit, the hugepage pool and the BAR layout
+    /// against.
+    pub memory: Option<crate::memory::MemoryConfig>,
     /// One JSON object instead of text lines.
     pub json: bool,
 }
@@ -54,7 +55,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<config::Command, conf
             "--device" => cfg
                 .devices
                 .push(value("vfio-pci,host=BUS:SLOT.FN")?.parse()?),
-            "--memory" => cfg.memory = Some(config::parse_size(&value("SIZE")?)?),
+            "--memory" => cfg.memory = Some(value("SIZE")?.parse()?),
             "--json" if inline.is_none() => cfg.json = true,
             _ => {
                 return config::err(format!(
@@ -251,7 +252,8 @@ impl Host {
         checks.push(self.iommu());
         checks.push(self.vfio());
         checks.push(ir_verdict(&self.ir_facts()));
-        checks.push(memlock_verdict(MemlockLimit::current(), cfg.memory));
+        let mem_size = cfg.memory.map(|m| m.size);
+        checks.push(memlock_verdict(MemlockLimit::current(), mem_size));
         let sysfs = Sysfs::new(&self.sys);
         // managed=on devices are moved to vfio-pci by the run: not in the way of their group.
         let managed: Vec<String> = cfg
@@ -753,7 +755,8 @@ mod tests {
             panic!("{cmd:?}")
         };
         assert_eq!(cfg.devices.len(), 2);
-        assert_eq!((cfg.memory, cfg.json), (Some(2 << 30), true));
+        assert_eq!(cfg.memory.map(|m| m.size), Some(2 << 30));
+        assert!(cfg.json);
         assert_eq!(
             parse_args(&[]),
             Ok(config::Command::Check(CheckConfig::default()))

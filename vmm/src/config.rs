@@ -15,13 +15,20 @@ Options:
   --kernel PATH          Linux bzImage, or ELF vmlinux (PVH entry used when present)
   --initramfs PATH       initramfs (cpio, optionally compressed) loaded for the kernel
   --cmdline STR          kernel command line [default: console=ttyS0]
-  --memory SIZE          guest RAM: bytes or with K, M, G, T suffix [default: 512M]
+  --memory SIZE[,hugepages=on[,hugepage-size=2M|1G]][,phys-bits=N]
+                         guest RAM: bytes or with K, M, G, T suffix [default: 512M];
+                         hugepages=on backs it with the host's hugetlb pool (2M pages
+                         unless hugepage-size=1G); phys-bits=N narrows the guest's physical
+                         address width below what KVM offers (BARs must fit under it)
   --cpus N               number of vCPUs, 1-254 [default: 1]
   --device SPEC          pass a host device through (repeatable):
-                           vfio-pci,host=[DOMAIN:]BUS:SLOT.FN[,id=NAME][,managed=on]
-                           vfio-pci,sysfsdev=/sys/bus/pci/devices/...[,id=NAME][,managed=on]
-                         sysfsdev wins when both are given; managed=on moves the device
-                         from its host driver to vfio-pci and back when vmm ends (root)
+                           vfio-pci,host=[DOMAIN:]BUS:SLOT.FN[,KEY=VALUE]...
+                           vfio-pci,sysfsdev=/sys/bus/pci/devices/...[,KEY=VALUE]...
+                         sysfsdev wins when both are given; keys: id=NAME,
+                         managed=on (move the device from its host driver to vfio-pci
+                         and back when vmm ends; root), rombar=off (hide the expansion
+                         ROM), romfile=PATH (serve this ROM image, e.g. a VBIOS dump),
+                         p2p=off (do not map its BARs for other devices' DMA)
   --debug-exit[=PORT]    a guest write of byte V to PORT [default: 0xf4] ends vmm with
                          status (V << 1) | 1 (QEMU's isa-debug-exit convention)
   --timeout SECS         stop a guest still running after SECS seconds (status 124)
@@ -175,6 +182,9 @@ pub enum DeviceSource {
     Sysfs(PathBuf),
 }
 
+/// The keys a `--device vfio-pci,...` takes.
+const DEVICE_KEYS: &str = "host, sysfsdev, id, managed, rombar, romfile, p2p";
+
 /// One `--device vfio-pci,...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {
@@ -184,6 +194,13 @@ pub struct DeviceConfig {
     pub id: Option<String>,
     /// `managed=on`: bind the device to vfio-pci for the run, its own driver back after.
     pub managed: bool,
+    /// `rombar=on` (default): the guest sees the expansion ROM BAR; `off` hides it.
+    pub rombar: bool,
+    /// `romfile=PATH`: the ROM the guest reads is this file, not the device's.
+    pub romfile: Option<PathBuf>,
+    /// `p2p=on` (default): the device's mmapped BARs are also mapped for DMA at their guest
+    /// addresses, so other passed-through devices can reach them.
+    pub p2p: bool,
 }
 
 impl DeviceConfig {
@@ -212,10 +229,11 @@ impl std::str::FromStr for DeviceConfig {
             None => unreachable!("split yields at least one field"),
         }
         let (mut host, mut sysfs, mut id, mut managed) = (None, None, None, None);
+        let (mut rombar, mut romfile, mut p2p) = (None, None, None);
         for field in fields {
             let Some((key, value)) = field.split_once('=') else {
                 return err(format!(
-                    "'{field}' in --device '{spec}' is not KEY=VALUE; keys: host, sysfsdev, id, managed"
+                    "'{field}' in --device '{spec}' is not KEY=VALUE; keys: {DEVICE_KEYS}"
                 ));
             };
             if value.is_empty() {
@@ -226,10 +244,13 @@ impl std::str::FromStr for DeviceConfig {
                 "sysfsdev" => &mut sysfs,
                 "id" => &mut id,
                 "managed" => &mut managed,
+                "rombar" => &mut rombar,
+                "romfile" => &mut romfile,
+                "p2p" => &mut p2p,
                 _ => {
                     return err(format!(
-                    "unknown key '{key}' in --device '{spec}'; keys: host, sysfsdev, id, managed"
-                ))
+                        "unknown key '{key}' in --device '{spec}'; keys: {DEVICE_KEYS}"
+                    ))
                 }
             };
             if slot.replace(value).is_some() {
@@ -245,19 +266,28 @@ impl std::str::FromStr for DeviceConfig {
                 ))
             }
         };
-        let managed = match managed {
-            None | Some("off") => false,
-            Some("on") => true,
-            Some(other) => {
-                return err(format!(
-                    "bad value '{other}' for 'managed' in --device '{spec}'; write managed=on or managed=off"
-                ))
-            }
+        let on_off = |key: &str, value: Option<&str>, default: bool| match value {
+            None => Ok(default),
+            Some("on") => Ok(true),
+            Some("off") => Ok(false),
+            Some(other) => err(format!(
+                "bad value '{other}' for '{key}' in --device '{spec}'; write {key}=on or {key}=off"
+            )),
         };
+        let rombar = on_off("rombar", rombar, true)?;
+        if !rombar && romfile.is_some() {
+            return err(format!(
+                "--device '{spec}' gives both rombar=off and romfile=; drop one (rombar=off hides \
+                 the ROM, romfile= serves a file as the ROM)"
+            ));
+        }
         Ok(DeviceConfig {
             source,
             id: id.map(str::to_owned),
-            managed,
+            managed: on_off("managed", managed, false)?,
+            rombar,
+            romfile: romfile.map(PathBuf::from),
+            p2p: on_off("p2p", p2p, true)?,
         })
     }
 }
@@ -271,8 +301,8 @@ pub struct VmConfig {
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
-    /// Guest RAM in bytes.
-    pub memory: u64,
+    /// Guest RAM: size, backing, physical address width.
+    pub memory: crate::memory::MemoryConfig,
     /// vCPU count.
     pub cpus: u8,
     /// Passed-through devices, in guest slot order.
@@ -372,7 +402,7 @@ impl Command {
             kernel: PathBuf::new(),
             initramfs: None,
             cmdline: DEFAULT_CMDLINE.to_owned(),
-            memory: DEFAULT_MEMORY,
+            memory: crate::memory::MemoryConfig::new(DEFAULT_MEMORY),
             cpus: 1,
             devices: Vec::new(),
             debug_exit: None,
@@ -399,7 +429,7 @@ impl Command {
                 "--kernel" => kernel = Some(PathBuf::from(value("PATH")?)),
                 "--initramfs" => cfg.initramfs = Some(PathBuf::from(value("PATH")?)),
                 "--cmdline" => cfg.cmdline = value("STRING")?,
-                "--memory" => cfg.memory = parse_size(&value("SIZE")?)?,
+                "--memory" => cfg.memory = value("SIZE")?.parse()?,
                 "--cpus" => {
                     let v = value("N")?;
                     cfg.cpus = match v.parse::<u8>() {
@@ -466,10 +496,10 @@ impl Command {
             Some(k) => k,
             None => return err("no kernel given; add --kernel PATH (see 'vmm --help')"),
         };
-        if cfg.memory == 0 || !cfg.memory.is_multiple_of(4096) {
+        if cfg.memory.size == 0 || !cfg.memory.size.is_multiple_of(4096) {
             return err(format!(
                 "--memory {} is not a positive multiple of 4 KiB; use e.g. 512M",
-                cfg.memory
+                cfg.memory.size
             ));
         }
         Ok(Command::Run(cfg))
@@ -501,7 +531,7 @@ mod tests {
     fn defaults() {
         let cfg = run(&["--kernel", "bz"]);
         assert_eq!(cfg.kernel, PathBuf::from("bz"));
-        assert_eq!(cfg.memory, 512 << 20);
+        assert_eq!(cfg.memory, crate::memory::MemoryConfig::new(512 << 20));
         assert_eq!(cfg.cpus, 1);
         assert_eq!(cfg.cmdline, "console=ttyS0");
         assert_eq!(
@@ -542,7 +572,7 @@ mod tests {
         ]);
         assert_eq!(cfg.initramfs, Some(PathBuf::from("rd")));
         assert_eq!(cfg.cmdline, "console=ttyS0 quiet");
-        assert_eq!((cfg.memory, cfg.cpus), (2 << 30, 4));
+        assert_eq!((cfg.memory.size, cfg.cpus), (2 << 30, 4));
         assert_eq!((cfg.debug_exit, cfg.timeout), (Some(0xf4), Some(30)));
         assert_eq!(cfg.devices.len(), 1);
         assert_eq!(
@@ -574,6 +604,21 @@ mod tests {
         ] {
             assert!(HELP.contains(opt), "help documents {opt}");
         }
+    }
+
+    #[test]
+    fn memory_with_options() {
+        let cfg = run(&["--kernel", "k", "--memory=2G,hugepages=on,phys-bits=40"]);
+        assert_eq!(cfg.memory.size, 2 << 30);
+        assert_eq!(
+            cfg.memory.hugepages,
+            Some(crate::memory::HugePageSize::Size2M)
+        );
+        assert_eq!(cfg.memory.phys_bits, Some(40));
+        rejects(
+            &["--kernel", "k", "--memory", "2G,hugepages=maybe"],
+            "write hugepages=on or hugepages=off",
+        );
     }
 
     #[test]
@@ -765,6 +810,14 @@ mod tests {
             DeviceSource::Sysfs("/sys/bus/pci/devices/0000:00:04.0".into()),
             "sysfsdev wins"
         );
+        assert!(d.rombar && d.p2p && d.romfile.is_none(), "defaults: {d:?}");
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,rombar=off,p2p=off".parse().unwrap();
+        assert!(!d.rombar && !d.p2p);
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,romfile=/tmp/vbios.rom,rombar=on,p2p=on"
+            .parse()
+            .unwrap();
+        assert_eq!(d.romfile, Some(PathBuf::from("/tmp/vbios.rom")));
+        assert!(d.rombar && d.p2p);
         // sysfsdev wins even over a malformed host=.
         let d: DeviceConfig = "vfio-pci,sysfsdev=/sys/bus/mdev/devices/u,host=zz"
             .parse()
@@ -792,6 +845,27 @@ mod tests {
             (
                 "vfio-pci,host=00:03.0,managed=yes",
                 "write managed=on or managed=off",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rombar=0",
+                "write rombar=on or rombar=off",
+            ),
+            ("vfio-pci,host=00:03.0,p2p=no", "write p2p=on or p2p=off"),
+            (
+                "vfio-pci,host=00:03.0,romfile=",
+                "empty value for 'romfile'",
+            ),
+            (
+                "vfio-pci,host=00:03.0,romfile=a,romfile=b",
+                "'romfile' given twice",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rombar=off,romfile=v.rom",
+                "both rombar=off and romfile=",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rom=off",
+                "keys: host, sysfsdev, id, managed, rombar",
             ),
         ] {
             let e = bad.parse::<DeviceConfig>().unwrap_err().to_string();
