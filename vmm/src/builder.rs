@@ -13,7 +13,8 @@ use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::{Bus, GuestExit};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
@@ -115,6 +116,14 @@ pub enum Error {
     /// A passed-through device could not be attached.
     #[error(transparent)]
     Passthrough(#[from] crate::passthrough::Error),
+    /// `phys-bits=` wider than KVM allows.
+    #[error("--memory ...,phys-bits={asked}: this host's KVM allows guests at most {max} physical address bits; give phys-bits={max} or less, or leave it out")]
+    PhysBits {
+        /// Asked for.
+        asked: u8,
+        /// KVM's width.
+        max: u8,
+    },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -163,6 +172,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
             max,
         });
     }
+    let (cpuid, phys_bits) = guest_cpuid(&kvm, cfg)?;
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
     log::debug!("KVM VM created");
     let memory = crate::memory::create(&cfg.memory)?;
@@ -182,6 +192,8 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         vm: &vm,
         memory: &memory,
         mem_size: cfg.memory.size,
+        phys_bits,
+        kvm_phys_bits: arch::cpuid::phys_bits(&cpuid.supported),
         pio: &pio,
         mmio: &mmio,
     };
@@ -199,7 +211,15 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         mmio: mmio.clone(),
         exits: exits.clone(),
     };
-    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
+    let vcpus = create_vcpus(
+        &cpuid.guest,
+        &vm,
+        cfg.cpus,
+        entry,
+        routes,
+        &exit,
+        cfg.seccomp,
+    )?;
     log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
@@ -212,6 +232,30 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         mmio,
         exits,
     })
+}
+
+/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
+struct GuestCpuid {
+    supported: CpuId,
+    guest: CpuId,
+}
+
+/// The CPUID vCPUs start from and the guest's physical address width.
+fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read the supported CPUID"))?;
+    let max = arch::cpuid::phys_bits(&supported);
+    let mut guest = supported.clone();
+    let bits = match cfg.memory.phys_bits {
+        Some(asked) if asked > max => return Err(Error::PhysBits { asked, max }),
+        Some(asked) => {
+            arch::cpuid::limit_phys_bits(&mut guest, asked);
+            asked
+        }
+        None => max,
+    };
+    Ok((GuestCpuid { supported, guest }, bits))
 }
 
 /// ACPI tables, with the PCI host bridge and MCFG.
@@ -473,7 +517,7 @@ fn load_initrd(
 }
 
 fn create_vcpus(
-    kvm: &Kvm,
+    supported: &CpuId,
     vm: &VmFd,
     count: u8,
     entry: Entry,
@@ -481,9 +525,6 @@ fn create_vcpus(
     exit: &Arc<GuestExit>,
     seccomp: bool,
 ) -> Result<Vec<Vcpu>, Error> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("read the supported CPUID"))?;
     (0..count)
         .map(|index| {
             let fd = vm

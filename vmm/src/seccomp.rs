@@ -9,7 +9,8 @@
 //!
 //! - vCPU threads: `KVM_RUN` and the exits it returns. A guest's PCI config or trapped BAR
 //!   access is served on the vCPU thread (`passthrough`): `pread64`/`pwrite64` on the VFIO
-//!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`), interrupt rewiring (`eventfd2`,
+//!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`, and `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`
+//!   for the BAR's peer-to-peer DMA mapping), interrupt rewiring (`eventfd2`,
 //!   `close`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`, `VFIO_DEVICE_SET_IRQS`, `poll` for the
 //!   MSI-X PBA). Also the serial console (`write`), locks (`futex`), logging, the kick signal
 //!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
@@ -119,6 +120,7 @@ ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 
 /// Terminal ioctls of tcgetattr/tcsetattr (glibc up to 2.41, and the termios2 ones after).
@@ -141,6 +143,8 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
         VFIO_DEVICE_SET_IRQS(),
+        VFIO_IOMMU_MAP_DMA(),
+        VFIO_IOMMU_UNMAP_DMA(),
         KVM_GET_REGS(),
         KVM_GET_SREGS(),
     ];
@@ -461,6 +465,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
+        assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
     }
 
     #[test]

@@ -1,39 +1,39 @@
-//! Passthrough wiring: the guest PCI bus with its VFIO devices, each BAR's KVM memory slots
-//! (mmapped parts) and bus entries (trapped parts) kept where the guest put it, and each
-//! device's interrupts ([`irqs`]) kept matching what the guest programmed.
+//! Passthrough wiring: the guest PCI bus with its VFIO devices, their BARs placed before boot
+//! (the 64-bit ones in a window sized for them, checked against the guest's physical address
+//! width) and then kept where the guest puts them ([`bars`]: KVM memory slots, DMA mappings for
+//! peer-to-peer, bus entries, the ROM as read-only memory), and each device's interrupts
+//! ([`irqs`]) kept matching what the guest programmed.
 //!
 //! Lock order: a config-space access holds its `ConfigAccess` lock, then briefly the root's,
 //! then the `BarMapper`'s; the mapper takes a device's lock only to read its BAR plan and
 //! never while changing a bus. A device model's lock is taken before its `DeviceIrqs` lock.
 //! Buses never hold their map lock while calling a device.
 
+mod bars;
 mod describe;
 mod dma;
 mod irqs;
 
-use crate::config::DeviceConfig;
+use crate::config::{format_size, DeviceConfig};
 use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
+use bars::{BarMapper, KvmMaps, Part, RomMemory};
 use devices::{Bus, BusDevice};
-use kvm_bindings::{
-    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
-};
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use pci::{BarReprogram, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
+use pci::{BarKind, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
 use resources::layout::PCI_ECAM_START;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use vfio::backend::INTX_IRQ;
-use vfio::host::{HostDevice, MmapArea, VfioHost};
-use vfio::{SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
+use vfio::host::{HostDevice, VfioHost};
+use vfio::{RomSource, SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
 use vfio_ioctls::VfioDeviceFd;
 
 /// Config dword holding interrupt line (byte 0) and pin (byte 1).
 const INTERRUPT_REG: usize = 0x3c / 4;
-/// Size of the 64-bit BAR window above RAM.
-const MMIO64_SIZE: u64 = 64 << 30;
-/// KVM memory slots for BARs start here (RAM uses the first few).
-const FIRST_BAR_SLOT: u32 = 16;
+/// Largest `romfile=`: a ROM BAR decodes at most 2 GiB.
+const MAX_ROMFILE: u64 = 1 << 31;
 
 /// Errors attaching passed-through devices.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,36 @@ pub enum Error {
     /// Bus layout clash (a bug).
     #[error("PCI bus layout: {0}")]
     Bus(#[from] devices::bus::Error),
+    /// A 64-bit BAR does not fit below the guest's physical address width.
+    #[error("{device}: BAR {bar} ({size}, 64-bit) does not fit below the guest's {bits}-bit physical address limit ({limit}): the 64-bit BARs start above guest RAM at {start:#x} and this one would end past {limit_addr:#x}; {fix}")]
+    BarTooLarge {
+        /// Device name.
+        device: String,
+        /// BAR index.
+        bar: u8,
+        /// BAR size, as text.
+        size: String,
+        /// The guest's physical address width.
+        bits: u8,
+        /// `1 << bits` as text.
+        limit: String,
+        /// `1 << bits`.
+        limit_addr: u64,
+        /// Where the 64-bit window starts.
+        start: u64,
+        /// What to do.
+        fix: String,
+    },
+    /// A `romfile=` that cannot be served.
+    #[error("romfile '{path}' of --device {device}: {reason}; give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump, see the README's GPU section) or drop romfile=")]
+    RomFile {
+        /// The device as given.
+        device: String,
+        /// The path given.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 type Device = Arc<Mutex<VfioPciDevice<HostDevice>>>;
@@ -132,190 +162,6 @@ impl BusDevice for TrappedPart {
         let mut model = lock(&self.device.model);
         model.bar_write(self.bar, self.offset + offset, data);
         self.device.sync_irqs(&mut model);
-    }
-}
-
-/// How one part of a BAR is served, and where it is installed now.
-enum Part {
-    Mapped {
-        offset: u64,
-        area: MmapArea,
-        slot: Option<u32>,
-    },
-    Trapped {
-        offset: u64,
-        len: u64,
-        handler: Arc<Mutex<dyn BusDevice>>,
-        base: Option<u64>,
-        /// For `--stats`: "DEVICE BARn".
-        name: String,
-    },
-}
-
-/// Keeps BARs installed at the addresses the guest programs.
-pub struct BarMapper {
-    vm: Arc<VmFd>,
-    // Weak: the buses hold the config-access handlers that hold this mapper.
-    pio: Weak<Bus>,
-    mmio: Weak<Bus>,
-    /// Parts of each (PCI slot, BAR).
-    bars: HashMap<(u8, u8), Vec<Part>>,
-    free_slots: Vec<u32>,
-    next_slot: u32,
-}
-
-impl BarMapper {
-    fn new(vm: Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Self {
-        Self {
-            vm,
-            pio: Arc::downgrade(pio),
-            mmio: Arc::downgrade(mmio),
-            bars: HashMap::new(),
-            free_slots: Vec::new(),
-            next_slot: FIRST_BAR_SLOT,
-        }
-    }
-
-    /// Prepares the parts of every BAR of the device in PCI slot `slot`: mmaps what can be
-    /// mapped, makes handlers for the rest. Nothing is installed until the guest enables
-    /// decoding.
-    fn add(&mut self, slot: u8, device: &Arc<Passed>, name: &str) -> Result<(), Error> {
-        let dev = lock(&device.model);
-        let bars: Vec<u8> = dev.bar_set().iter().map(|b| b.index()).collect();
-        for bar in bars {
-            let mut parts = Vec::new();
-            for seg in dev.bar_plan(bar) {
-                parts.push(match seg.kind {
-                    SegmentKind::Mmap => Part::Mapped {
-                        offset: seg.offset,
-                        area: dev
-                            .backend()
-                            .mmap(u32::from(bar), seg.offset, seg.len)
-                            .map_err(|source| Error::Mmap {
-                                device: name.to_owned(),
-                                bar,
-                                source,
-                            })?,
-                        slot: None,
-                    },
-                    SegmentKind::Trap => Part::Trapped {
-                        offset: seg.offset,
-                        len: seg.len,
-                        handler: Arc::new(Mutex::new(TrappedPart {
-                            device: device.clone(),
-                            bar,
-                            offset: seg.offset,
-                        })),
-                        base: None,
-                        name: format!("{name} BAR{bar}"),
-                    },
-                });
-            }
-            self.bars.insert((slot, bar), parts);
-        }
-        Ok(())
-    }
-
-    /// Moves BAR `mv.bar` of PCI slot `slot`: uninstalls it from the old base and installs it
-    /// at the new one (0 means "not decoded"). A guest that programs a clashing address gets
-    /// the clashing part left unmapped and a warning, never a VMM failure.
-    fn apply(&mut self, slot: u8, mv: &BarReprogram) {
-        let Some(mut parts) = self.bars.remove(&(slot, mv.bar)) else {
-            return;
-        };
-        for part in &mut parts {
-            self.uninstall(part, mv.is_io);
-        }
-        if mv.new_base != 0 {
-            for part in &mut parts {
-                self.install(part, mv.new_base, mv.is_io);
-            }
-        }
-        log::debug!(
-            "pci slot {slot} BAR {}: {:#x} -> {:#x} ({:#x} bytes)",
-            mv.bar,
-            mv.old_base,
-            mv.new_base,
-            mv.len
-        );
-        self.bars.insert((slot, mv.bar), parts);
-    }
-
-    /// The bus a BAR of this kind lives on; `None` once the VM is being dropped.
-    fn bus(&self, is_io: bool) -> Option<Arc<Bus>> {
-        if is_io {
-            self.pio.upgrade()
-        } else {
-            self.mmio.upgrade()
-        }
-    }
-
-    fn install(&mut self, part: &mut Part, base: u64, is_io: bool) {
-        match part {
-            Part::Mapped { offset, area, slot } => {
-                let id = self.free_slots.pop().unwrap_or_else(|| {
-                    self.next_slot += 1;
-                    self.next_slot - 1
-                });
-                let region = kvm_userspace_memory_region {
-                    slot: id,
-                    flags: 0,
-                    guest_phys_addr: base + *offset,
-                    memory_size: area.len() as u64,
-                    userspace_addr: area.addr() as u64,
-                };
-                // SAFETY: the mapping lives in `area` until this part is uninstalled (which
-                // deletes the slot first) or the VM ends.
-                match unsafe { self.vm.set_user_memory_region(region) } {
-                    Ok(()) => *slot = Some(id),
-                    Err(e) => {
-                        self.free_slots.push(id);
-                        log::warn!(
-                            "guest put a BAR at {:#x}, which KVM refuses ({e}); left unmapped",
-                            base + *offset
-                        );
-                    }
-                }
-            }
-            Part::Trapped {
-                offset,
-                len,
-                handler,
-                base: at,
-                name,
-            } => {
-                let Some(bus) = self.bus(is_io) else { return };
-                match bus.insert_named(name, handler.clone(), base + *offset, *len) {
-                    Ok(()) => *at = Some(base + *offset),
-                    Err(e) => log::warn!("guest put a BAR where it clashes: {e}; left unmapped"),
-                }
-            }
-        }
-    }
-
-    fn uninstall(&mut self, part: &mut Part, is_io: bool) {
-        match part {
-            Part::Mapped { slot, area, .. } => {
-                if let Some(id) = slot.take() {
-                    let region = kvm_userspace_memory_region {
-                        slot: id,
-                        memory_size: 0,
-                        userspace_addr: area.addr() as u64,
-                        ..Default::default()
-                    };
-                    // SAFETY: size 0 deletes the slot; no memory is handed to KVM.
-                    if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-                        log::warn!("cannot remove KVM slot {id}: {e}");
-                    }
-                    self.free_slots.push(id);
-                }
-            }
-            Part::Trapped { base, .. } => {
-                if let (Some(at), Some(bus)) = (base.take(), self.bus(is_io)) {
-                    bus.remove(at);
-                }
-            }
-        }
     }
 }
 
@@ -380,34 +226,41 @@ pub struct Setup<'a> {
     pub memory: &'a GuestMemoryMmap,
     /// RAM size.
     pub mem_size: u64,
+    /// The guest's physical address width (CPUID 0x80000008): BARs must end below
+    /// `1 << phys_bits`.
+    pub phys_bits: u8,
+    /// The widest the host's KVM allows (for the advice when BARs do not fit).
+    pub kvm_phys_bits: u8,
     /// PIO bus.
     pub pio: &'a Arc<Bus>,
     /// MMIO bus.
     pub mmio: &'a Arc<Bus>,
 }
 
-/// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, maps guest
-/// RAM for their DMA and wires their interrupts. Without devices, just the host bridge.
+/// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, places
+/// their BARs, maps guest RAM for their DMA and wires their interrupts. Without devices, just
+/// the host bridge.
 pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Error> {
-    let windows = PciWindows::new(setup.mem_size, MMIO64_SIZE);
     let root = Arc::new(Mutex::new(PciRoot::new()));
-    let mapper = Arc::new(Mutex::new(BarMapper::new(
-        setup.vm.clone(),
-        setup.pio,
-        setup.mmio,
-    )));
-    let (host, passed) = if devices.is_empty() {
-        (None, Vec::new())
+    let (host, windows, mapper, passed) = if devices.is_empty() {
+        let maps = KvmMaps::new(setup.vm.clone(), None);
+        let mapper = BarMapper::new(Box::new(maps), setup.pio, setup.mmio);
+        let windows = PciWindows::new(setup.mem_size, 0);
+        (None, windows, Arc::new(Mutex::new(mapper)), Vec::new())
     } else {
+        let roms = read_romfiles(devices)?;
         let (host, found) = open_host(setup, devices)?;
-        let pci = PciParts {
-            root: &root,
-            mapper: &mapper,
-            windows,
-        };
-        let passed = add_devices(setup, &host, &found, &pci)?;
+        let mut opened = open_devices(&host, &found, devices, roms)?;
+        let windows = place_bars(setup, &mut opened)?;
+        let maps = KvmMaps::new(setup.vm.clone(), Some(host.dma()));
+        let mapper = Arc::new(Mutex::new(BarMapper::new(
+            Box::new(maps),
+            setup.pio,
+            setup.mmio,
+        )));
+        let passed = add_devices(setup, opened, &root, &mapper)?;
         dma::map_guest_ram(&host, setup.memory)?;
-        (Some(host), passed)
+        (Some(host), windows, mapper, passed)
     };
     let devices = Arc::new(passed);
     let io = ConfigAccess {
@@ -441,6 +294,46 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
     })
 }
 
+/// The ROM each device shows: `rombar=off` none, `romfile=` the file's bytes (read now, so a
+/// bad path is refused before anything is opened), else the device's own.
+fn read_romfiles(devices: &[DeviceConfig]) -> Result<Vec<RomSource>, Error> {
+    devices
+        .iter()
+        .map(|cfg| match (&cfg.romfile, cfg.rombar) {
+            (_, false) => Ok(RomSource::Hidden),
+            (None, true) => Ok(RomSource::Device),
+            (Some(path), true) => {
+                read_romfile(path)
+                    .map(RomSource::Image)
+                    .map_err(|reason| Error::RomFile {
+                        device: cfg.spec(),
+                        path: path.display().to_string(),
+                        reason,
+                    })
+            }
+        })
+        .collect()
+}
+
+/// A ROM image file's bytes, or why it cannot be one.
+fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    if meta.len() > MAX_ROMFILE {
+        return Err(format!(
+            "{} is larger than a ROM BAR",
+            format_size(meta.len())
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(bytes)
+}
+
 /// Checks every device through sysfs (the most precise messages), the memlock limit, then
 /// opens the container.
 fn open_host(
@@ -470,28 +363,24 @@ fn open_host(
     let host = VfioHost::new(VfioDeviceFd::new_from_kvm(kvm_vfio), sysfs)?;
     Ok((host, found))
 }
-/// The PCI bus pieces devices are added to.
-struct PciParts<'a> {
-    root: &'a Arc<Mutex<PciRoot>>,
-    mapper: &'a Arc<Mutex<BarMapper>>,
-    windows: PciWindows,
+
+/// A device opened and modelled, its BARs not placed yet.
+struct Opened {
+    name: String,
+    group: u32,
+    model: VfioPciDevice<HostDevice>,
+    p2p: bool,
 }
 
-/// Opens each device, resets it, models it, gives its BARs guest addresses, puts it on the
-/// bus and wires its INTx.
-fn add_devices(
-    setup: &Setup,
+/// Opens each device, resets it and models it with the ROM it is to show.
+fn open_devices(
     host: &VfioHost,
     found: &[SysfsDevice],
-    pci: &PciParts,
-) -> Result<Vec<Arc<Passed>>, Error> {
-    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
-    let mut resources = PciResources::new(pci.windows).map_err(|source| Error::Resources {
-        device: "PCI windows".into(),
-        source,
-    })?;
-    let mut passed = Vec::new();
-    for dev in found {
+    cfgs: &[DeviceConfig],
+    roms: Vec<RomSource>,
+) -> Result<Vec<Opened>, Error> {
+    let mut opened = Vec::new();
+    for ((dev, cfg), rom) in found.iter().zip(cfgs).zip(roms) {
         let hd = host.open(dev)?;
         let name = hd.name.clone();
         if !hd.reset() {
@@ -500,19 +389,116 @@ fn add_devices(
             );
         }
         let group = hd.group;
-        let mut model = VfioPciDevice::new(hd).map_err(|source| Error::Model {
+        let model = VfioPciDevice::with_rom(hd, rom).map_err(|source| Error::Model {
             device: name.clone(),
             source,
         })?;
+        if let Some(problem) = model.rom_problem() {
+            log::warn!(
+                "{name}: cannot read its expansion ROM ({problem}); the guest sees none \
+                 (romfile=PATH serves a dump of it)"
+            );
+        }
+        opened.push(Opened {
+            name,
+            group,
+            model,
+            p2p: cfg.p2p,
+        });
+    }
+    Ok(opened)
+}
+
+/// Gives every BAR a guest address as firmware would: the 64-bit BARs of all devices together
+/// in a window above RAM sized for them ([`pci::plan_mmio64`]), refused when they do not fit
+/// below the guest's physical address width; the others from the fixed windows.
+fn place_bars(setup: &Setup, opened: &mut [Opened]) -> Result<PciWindows, Error> {
+    let wanted: Vec<(usize, u8, u64)> = opened
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            o.model
+                .bar_set()
+                .iter()
+                .filter(|b| matches!(b.kind(), BarKind::Mem64 { .. }))
+                .map(move |b| (i, b.index(), b.size()))
+        })
+        .collect();
+    let sizes: Vec<u64> = wanted.iter().map(|w| w.2).collect();
+    let limit = 1u64 << setup.phys_bits;
+    let plan = pci::plan_mmio64(setup.mem_size, &sizes, limit).map_err(|o| {
+        let (i, bar, size) = wanted[o.index];
+        too_large(setup, &opened[i].name, bar, size, o.start)
+    })?;
+    for (&(i, bar, _), &addr) in wanted.iter().zip(&plan.addrs) {
+        if let Some(b) = opened[i].model.bar_set_mut().get_mut(bar) {
+            b.set_addr(addr);
+        }
+    }
+    let windows = PciWindows::with_mmio64(plan.window);
+    let mut resources = PciResources::new(windows).map_err(|source| Error::Resources {
+        device: "PCI windows".into(),
+        source,
+    })?;
+    for o in opened.iter_mut() {
         resources
-            .assign_bars(model.bar_set_mut())
+            .assign_bars(o.model.bar_set_mut())
             .map_err(|source| Error::Resources {
-                device: name.clone(),
+                device: o.name.clone(),
                 source,
             })?;
+    }
+    Ok(windows)
+}
+
+/// The refusal of BAR `bar` (`size` bytes) of `device`, with the advice that fits.
+fn too_large(setup: &Setup, device: &str, bar: u8, size: u64, start: u64) -> Error {
+    let fix = if setup.phys_bits < setup.kvm_phys_bits {
+        format!(
+            "raise phys-bits= in --memory (this host's KVM allows up to {} bits) or pass fewer \
+             or smaller BARs",
+            setup.kvm_phys_bits
+        )
+    } else {
+        format!(
+            "this host's KVM gives guests at most {} bits: pass fewer or smaller BARs (shrink a \
+             resizable BAR on the host first) or use a host whose CPU has more physical \
+             address bits",
+            setup.kvm_phys_bits
+        )
+    };
+    let limit_addr = 1u64 << setup.phys_bits;
+    Error::BarTooLarge {
+        device: device.to_string(),
+        bar,
+        size: format_size(size),
+        bits: setup.phys_bits,
+        limit: format_size(limit_addr),
+        limit_addr,
+        start,
+        fix,
+    }
+}
+
+/// Puts each device on the bus, prepares its BARs' parts and wires its INTx.
+fn add_devices(
+    setup: &Setup,
+    opened: Vec<Opened>,
+    root: &Arc<Mutex<PciRoot>>,
+    mapper: &Arc<Mutex<BarMapper>>,
+) -> Result<Vec<Arc<Passed>>, Error> {
+    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
+    let mut passed = Vec::new();
+    for o in opened {
+        let Opened {
+            name,
+            group,
+            mut model,
+            p2p,
+        } = o;
         let pin = (model.read_config_register(INTERRUPT_REG) >> 8) as u8;
         let model = Arc::new(Mutex::new(model));
-        let slot = lock(pci.root)
+        let slot = lock(root)
             .add_device(model.clone())
             .map_err(|source| Error::Resources {
                 device: name.clone(),
@@ -525,7 +511,9 @@ fn add_devices(
             model,
             irqs: Mutex::new(irqs),
         });
-        lock(pci.mapper).add(slot, &device, &name)?;
+        for (bar, parts) in bar_parts(&device, &name, p2p)? {
+            lock(mapper).insert(slot, bar, format!("{name} BAR{bar}"), parts);
+        }
         lock(&device.irqs).sync(&lock(&device.model));
         log::info!(
             "{name}: IOMMU group {group}, guest 00:{slot:02x}.0; {}",
@@ -534,4 +522,47 @@ fn add_devices(
         passed.push(device);
     }
     Ok(passed)
+}
+
+/// The parts of every BAR of `device`: mmaps what can be mapped (also for peer-to-peer DMA
+/// when `p2p`), a read-only copy of the ROM, handlers for the rest.
+fn bar_parts(device: &Arc<Passed>, name: &str, p2p: bool) -> Result<Vec<(u8, Vec<Part>)>, Error> {
+    let dev = lock(&device.model);
+    let mut all = Vec::new();
+    for bar in dev.bar_set().iter().map(|b| b.index()) {
+        let mut parts = Vec::new();
+        for seg in dev.bar_plan(bar) {
+            let mmap_err = |source| Error::Mmap {
+                device: name.to_owned(),
+                bar,
+                source,
+            };
+            parts.push(match seg.kind {
+                SegmentKind::Mmap => {
+                    let area = dev
+                        .backend()
+                        .mmap(u32::from(bar), seg.offset, seg.len)
+                        .map_err(mmap_err)?;
+                    Part::mapped(seg.offset, Box::new(area), p2p)
+                }
+                SegmentKind::Rom => {
+                    let image = dev.rom_image().unwrap_or_default();
+                    Part::rom(Box::new(RomMemory::new(image).map_err(mmap_err)?))
+                }
+                SegmentKind::Trap => Part::Trapped {
+                    offset: seg.offset,
+                    len: seg.len,
+                    handler: Arc::new(Mutex::new(TrappedPart {
+                        device: device.clone(),
+                        bar,
+                        offset: seg.offset,
+                    })),
+                    base: None,
+                    name: format!("{name} BAR{bar}"),
+                },
+            });
+        }
+        all.push((bar, parts));
+    }
+    Ok(all)
 }
