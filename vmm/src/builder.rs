@@ -194,6 +194,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         mem_size: cfg.memory.size,
         phys_bits,
         kvm_phys_bits: arch::cpuid::phys_bits(&cpuid.supported),
+        seccomp: cfg.seccomp,
         pio: &pio,
         mmio: &mmio,
     };

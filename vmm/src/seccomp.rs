@@ -15,6 +15,8 @@
 //!   MSI-X PBA). Also the serial console (`write`), locks (`futex`), logging, the kick signal
 //!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
 //!   (`tgkill` of SIGABRT to ourselves) and thread exit.
+//! - The background mapper of large BARs (`p2p`, only when a BAR of 1 GiB or more is passed
+//!   through): `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`, locks, logging, thread exit.
 //! - The main thread: the event loop (`epoll_wait`, `read` of eventfds, timerfd, signalfd and
 //!   stdin), kicking vCPU threads (`tgkill` of a real-time signal to ourselves), joining them,
 //!   and teardown: interrupts off and device reset (`VFIO_DEVICE_SET_IRQS`,
@@ -49,6 +51,8 @@ pub enum Thread {
     Vmm,
     /// A vCPU thread.
     Vcpu,
+    /// The background mapper of large BARs for peer-to-peer DMA (`passthrough::p2p`).
+    P2p,
 }
 
 impl std::fmt::Display for Thread {
@@ -56,6 +60,7 @@ impl std::fmt::Display for Thread {
         f.write_str(match self {
             Thread::Vmm => "vmm",
             Thread::Vcpu => "vCPU",
+            Thread::P2p => "p2p",
         })
     }
 }
@@ -175,6 +180,11 @@ fn vmm_ioctls() -> Vec<u64> {
     v
 }
 
+/// ioctl requests of the background mapper of large BARs.
+fn p2p_ioctls() -> Vec<u64> {
+    vec![VFIO_IOMMU_MAP_DMA(), VFIO_IOMMU_UNMAP_DMA()]
+}
+
 /// Syscalls both kinds of thread make without argument checks: memory, locks, time, signal
 /// returns, writes to stdout/stderr and eventfds, thread and process exit.
 const COMMON: &[i64] = &[
@@ -270,11 +280,13 @@ pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
     let only = match thread {
         Thread::Vmm => VMM_ONLY,
         Thread::Vcpu => VCPU_ONLY,
+        Thread::P2p => &[],
     };
     let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
     let ioctls = match thread {
         Thread::Vmm => vmm_ioctls(),
         Thread::Vcpu => vcpu_ioctls(),
+        Thread::P2p => p2p_ioctls(),
     };
     rules.insert(libc::SYS_ioctl, any_of(1, &ioctls)?);
     rules.insert(libc::SYS_tgkill, tgkill_rules(thread)?);
@@ -441,7 +453,7 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        for thread in [Thread::Vmm, Thread::Vcpu] {
+        for thread in [Thread::Vmm, Thread::Vcpu, Thread::P2p] {
             let bpf = program(thread).unwrap();
             assert!(
                 bpf.len() > 50 && bpf.len() < 1024,

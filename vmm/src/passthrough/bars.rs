@@ -23,11 +23,13 @@
 //! KVM and the container are reached through [`Maps`], which tests replace with a fake. The
 //! mapper never takes a device's lock.
 
+use super::p2p::{DmaWorker, Job, ASYNC_FROM};
 use devices::{Bus, BusDevice};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 use pci::BarReprogram;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use vfio::host::{Dma, MmapArea};
 
@@ -49,30 +51,72 @@ pub(super) struct Slot {
     pub readonly: bool,
 }
 
-/// What installing BARs asks of KVM and the VFIO container. The mapper only passes host
-/// ranges of the [`HostMemory`] it owns and keeps them alive until the slot is removed or the
-/// VM ends; the DMA mappings go with the container.
-pub(super) trait Maps: Send {
-    /// Creates KVM memory slot `slot`.
-    fn add_slot(&mut self, slot: Slot) -> Result<(), String>;
-    /// Deletes KVM memory slot `id` (whose memory is at `host`).
-    fn remove_slot(&mut self, id: u32, host: u64) -> Result<(), String>;
+/// DMA mappings in the VFIO container. The mapper only passes host ranges of the
+/// [`HostMemory`] it owns and keeps them alive until the VM ends; the mappings go with the
+/// container.
+pub(super) trait DmaMaps: Send {
     /// Maps `[host, host + len)` for device DMA at `iova`.
     fn map_dma(&mut self, iova: u64, len: u64, host: u64) -> Result<(), String>;
     /// Unmaps `[iova, iova + len)`.
     fn unmap_dma(&mut self, iova: u64, len: u64) -> Result<(), String>;
 }
 
+/// What installing BARs asks of KVM (and of the container, [`DmaMaps`]). The mapper only
+/// passes host ranges of the [`HostMemory`] it owns and keeps them alive until the slot is
+/// removed or the VM ends.
+pub(super) trait Maps: DmaMaps {
+    /// Creates KVM memory slot `slot`.
+    fn add_slot(&mut self, slot: Slot) -> Result<(), String>;
+    /// Deletes KVM memory slot `id` (whose memory is at `host`).
+    fn remove_slot(&mut self, id: u32, host: u64) -> Result<(), String>;
+}
+
+/// [`DmaMaps`] on the VM's container (none: every call fails).
+#[derive(Clone)]
+pub(super) struct KvmDma(Option<Dma>);
+
+impl KvmDma {
+    /// DMA mappings through `dma`.
+    pub fn new(dma: Option<Dma>) -> Self {
+        Self(dma)
+    }
+}
+
+impl DmaMaps for KvmDma {
+    fn map_dma(&mut self, iova: u64, len: u64, host: u64) -> Result<(), String> {
+        let dma = self.0.as_ref().ok_or("no VFIO container")?;
+        // SAFETY: the memory is a BAR mmap the mapper owns for as long as the VM (and so the
+        // container) lives, and the background mapper is joined before it goes; DMA into it
+        // is what the device's BAR is for.
+        unsafe { dma.map(iova, len, host as *mut u8) }
+    }
+
+    fn unmap_dma(&mut self, iova: u64, len: u64) -> Result<(), String> {
+        let dma = self.0.as_ref().ok_or("no VFIO container")?;
+        dma.unmap(iova, len)
+    }
+}
+
 /// [`Maps`] on the VM's KVM fd and, with devices, its container.
 pub(super) struct KvmMaps {
     vm: Arc<VmFd>,
-    dma: Option<Dma>,
+    dma: KvmDma,
 }
 
 impl KvmMaps {
-    /// Slots on `vm`, DMA mappings through `dma` (none: DMA calls fail).
-    pub fn new(vm: Arc<VmFd>, dma: Option<Dma>) -> Self {
+    /// Slots on `vm`, DMA mappings through `dma`.
+    pub fn new(vm: Arc<VmFd>, dma: KvmDma) -> Self {
         Self { vm, dma }
+    }
+}
+
+impl DmaMaps for KvmMaps {
+    fn map_dma(&mut self, iova: u64, len: u64, host: u64) -> Result<(), String> {
+        self.dma.map_dma(iova, len, host)
+    }
+
+    fn unmap_dma(&mut self, iova: u64, len: u64) -> Result<(), String> {
+        self.dma.unmap_dma(iova, len)
     }
 }
 
@@ -99,18 +143,6 @@ impl Maps for KvmMaps {
         };
         // SAFETY: size 0 deletes the slot; no memory is handed to KVM.
         unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| e.to_string())
-    }
-
-    fn map_dma(&mut self, iova: u64, len: u64, host: u64) -> Result<(), String> {
-        let dma = self.dma.as_ref().ok_or("no VFIO container")?;
-        // SAFETY: the memory is a BAR mmap the mapper owns for as long as the VM (and so the
-        // container) lives; DMA into it is what the device's BAR is for.
-        unsafe { dma.map(iova, len, host as *mut u8) }
-    }
-
-    fn unmap_dma(&mut self, iova: u64, len: u64) -> Result<(), String> {
-        let dma = self.dma.as_ref().ok_or("no VFIO container")?;
-        dma.unmap(iova, len)
     }
 }
 
@@ -210,8 +242,10 @@ pub(super) enum Part {
         p2p: bool,
         /// The KVM slot while installed.
         slot: Option<u32>,
-        /// The IOVA it is DMA-mapped at.
+        /// The IOVA it is DMA-mapped at (or being mapped at, in the background).
         dma: Option<u64>,
+        /// Bumped on every DMA request for the part (see [`super::p2p`]).
+        gen: Arc<AtomicU64>,
     },
     /// A bus entry calling the device model.
     Trapped {
@@ -238,6 +272,7 @@ impl Part {
             p2p,
             slot: None,
             dma: None,
+            gen: Arc::default(),
         }
     }
 
@@ -250,6 +285,7 @@ impl Part {
             p2p: false,
             slot: None,
             dma: None,
+            gen: Arc::default(),
         }
     }
 }
@@ -263,6 +299,11 @@ struct BarParts {
 
 /// Keeps BARs installed at the addresses the guest programs.
 pub struct BarMapper {
+    /// Maps large parts in the background; first, so that it is stopped before the parts'
+    /// memory goes.
+    worker: Option<DmaWorker>,
+    /// Parts of this size or more go to `worker`.
+    async_from: u64,
     maps: Box<dyn Maps>,
     // Weak: the buses hold the config-access handlers that hold this mapper.
     pio: Weak<Bus>,
@@ -276,6 +317,8 @@ pub struct BarMapper {
 impl BarMapper {
     pub(super) fn new(maps: Box<dyn Maps>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Self {
         Self {
+            worker: None,
+            async_from: ASYNC_FROM,
             maps,
             pio: Arc::downgrade(pio),
             mmio: Arc::downgrade(mmio),
@@ -283,6 +326,24 @@ impl BarMapper {
             free_slots: Vec::new(),
             next_slot: FIRST_BAR_SLOT,
         }
+    }
+
+    /// Whether a part is large enough for the background mapper ([`super::p2p`]).
+    pub(super) fn needs_worker(&self) -> bool {
+        self.bars.values().flat_map(|b| &b.parts).any(
+            |p| matches!(p, Part::Mapped { p2p: true, mem, .. } if mem.len() >= self.async_from),
+        )
+    }
+
+    /// Hands parts of `async_from` bytes or more to `worker`.
+    pub(super) fn set_worker(&mut self, worker: DmaWorker, async_from: u64) {
+        self.worker = Some(worker);
+        self.async_from = async_from;
+    }
+
+    /// Stops the background mapper (at its next chunk) and waits for it.
+    pub(super) fn stop_worker(&mut self) {
+        self.worker.take();
     }
 
     /// Registers the parts of BAR `bar` of the device in PCI slot `slot` (`name` is "DEVICE
@@ -395,32 +456,38 @@ impl BarMapper {
     /// Before `bar` decodes at `base`: unmaps its DMA mappings that are elsewhere, and any
     /// other BAR's mapping left (while that BAR does not decode) in `[base, base + len)`.
     fn move_dma(&mut self, bar: &mut BarParts, base: u64, len: u64) {
+        let mut dmas = Dmas {
+            maps: self.maps.as_mut(),
+            worker: self.worker.as_ref(),
+            async_from: self.async_from,
+        };
         for part in &mut bar.parts {
             if let Part::Mapped {
                 offset,
                 mem,
                 dma: dma @ Some(_),
+                gen,
                 ..
             } = part
             {
                 if *dma != Some(base + *offset) {
-                    unmap(self.maps.as_mut(), dma, mem.len());
+                    dmas.unmap(dma, mem.len(), gen);
                 }
             }
         }
-        let maps = self.maps.as_mut();
         for other in self.bars.values_mut() {
             for part in &mut other.parts {
                 if let Part::Mapped {
                     mem,
                     slot: None,
                     dma: dma @ Some(_),
+                    gen,
                     ..
                 } = part
                 {
                     let at = dma.unwrap_or_default();
                     if at < base + len && base < at + mem.len() {
-                        unmap(maps, dma, mem.len());
+                        dmas.unmap(dma, mem.len(), gen);
                     }
                 }
             }
@@ -429,35 +496,90 @@ impl BarMapper {
 
     /// Maps the `p2p` parts of `bar`, decoding at `base`, for DMA where not mapped yet.
     fn map_dma(&mut self, bar: &mut BarParts, base: u64) {
+        let mut dmas = Dmas {
+            maps: self.maps.as_mut(),
+            worker: self.worker.as_ref(),
+            async_from: self.async_from,
+        };
         for part in &mut bar.parts {
             let Part::Mapped {
                 offset,
                 mem,
                 p2p: true,
                 dma: dma @ None,
+                gen,
                 ..
             } = part
             else {
                 continue;
             };
-            let iova = base + *offset;
-            match self.maps.map_dma(iova, mem.len(), mem.addr()) {
-                Ok(()) => *dma = Some(iova),
-                Err(e) => log::warn!(
-                    "{}: cannot map {:#x} bytes at {iova:#x} for peer-to-peer DMA ({e}); other \
-                     devices cannot reach it",
-                    bar.name,
-                    mem.len()
-                ),
-            }
+            dmas.map(&bar.name, base + *offset, mem.as_ref(), dma, gen);
         }
     }
 }
 
-/// Unmaps the DMA mapping at `*dma` (`len` bytes) and forgets it.
-fn unmap(maps: &mut dyn Maps, dma: &mut Option<u64>, len: u64) {
-    if let Some(iova) = dma.take() {
-        if let Err(e) = maps.unmap_dma(iova, len) {
+/// DMA mapping of parts: small ones right away, large ones through the background worker.
+struct Dmas<'a> {
+    maps: &'a mut dyn Maps,
+    worker: Option<&'a DmaWorker>,
+    async_from: u64,
+}
+
+impl Dmas<'_> {
+    /// The worker, when a part of `len` bytes is for it.
+    fn worker_for(&self, len: u64) -> Option<&DmaWorker> {
+        self.worker.filter(|_| len >= self.async_from)
+    }
+
+    /// Maps `mem` at `iova` and records it in `*dma` (a failure is a warning).
+    fn map(
+        &mut self,
+        name: &str,
+        iova: u64,
+        mem: &dyn HostMemory,
+        dma: &mut Option<u64>,
+        gen: &Arc<AtomicU64>,
+    ) {
+        let want = gen.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(worker) = self.worker_for(mem.len()) {
+            worker.send(Job::Map {
+                name: name.to_string(),
+                iova,
+                len: mem.len(),
+                host: mem.addr(),
+                gen: gen.clone(),
+                want,
+            });
+            *dma = Some(iova);
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.maps.map_dma(iova, mem.len(), mem.addr()) {
+            Ok(()) => {
+                *dma = Some(iova);
+                log::debug!(
+                    "{name}: {:#x} bytes at {iova:#x} mapped for peer-to-peer DMA in {:.2} s",
+                    mem.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => log::warn!(
+                "{name}: cannot map {:#x} bytes at {iova:#x} for peer-to-peer DMA ({e}); other \
+                 devices cannot reach it",
+                mem.len()
+            ),
+        }
+    }
+
+    /// Unmaps the DMA mapping at `*dma` (`len` bytes) and forgets it.
+    fn unmap(&mut self, dma: &mut Option<u64>, len: u64, gen: &AtomicU64) {
+        let Some(iova) = dma.take() else { return };
+        gen.fetch_add(1, Ordering::Relaxed);
+        if let Some(worker) = self.worker_for(len) {
+            worker.send(Job::Unmap { iova, len });
+            return;
+        }
+        if let Err(e) = self.maps.unmap_dma(iova, len) {
             log::warn!("cannot unmap {len:#x} bytes of peer-to-peer DMA at {iova:#x}: {e}");
         }
     }
@@ -502,6 +624,9 @@ mod tests {
             self.push(Call::Remove(id));
             Ok(())
         }
+    }
+
+    impl DmaMaps for Fake {
         fn map_dma(&mut self, iova: u64, len: u64, _host: u64) -> Result<(), String> {
             let mut live = self.live.lock().unwrap();
             if self.refuse == Some(iova)
@@ -669,6 +794,63 @@ mod tests {
         );
         m.apply(1, &mv(0, 0xc000_0000, 0, 2 * PAGE));
         assert!(!mmio.read(0xc000_1000, &mut data), "and gone with decoding");
+    }
+
+    #[test]
+    fn large_parts_go_through_the_background_worker() {
+        let fake = Fake::default();
+        let (mut m, ..) = mapper(&fake);
+        let big = 4 * PAGE;
+        m.insert(
+            1,
+            2,
+            "d BAR2".into(),
+            vec![Part::mapped(0, mem(big as usize), true)],
+        );
+        m.insert(
+            2,
+            0,
+            "e BAR0".into(),
+            vec![Part::mapped(0, mem(PAGE as usize), true)],
+        );
+        assert!(!m.needs_worker(), "nothing of 1 GiB");
+        m.async_from = big;
+        assert!(m.needs_worker());
+        let worker = DmaWorker::start(Box::new(fake.clone()), PAGE, false).unwrap();
+        m.set_worker(worker, big);
+        let (a, b) = (0x1_0000_0000, 0x2_0000_0000);
+        m.apply(1, &mv(2, 0, a, big));
+        m.apply(2, &mv(0, 0, 0xc000_0000, PAGE));
+        m.apply(1, &mv(2, a, 0, big));
+        m.apply(1, &mv(2, 0, b, big));
+        let done = |c: &Call| *c == Call::Map(b + 3 * PAGE, PAGE);
+        for _ in 0..5000 {
+            if fake.calls.lock().unwrap().iter().any(done) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        m.stop_worker();
+        let calls = fake.take();
+        let dma: Vec<_> = calls
+            .iter()
+            .filter(|c| matches!(c, Call::Map(..) | Call::Unmap(..)))
+            .cloned()
+            .collect();
+        // The small BAR mapped right away; the large one in chunks, in order, but the map at
+        // `a` may have been cut short by the move.
+        assert!(dma.contains(&Call::Map(0xc000_0000, PAGE)), "{dma:?}");
+        let at_b: Vec<_> = dma
+            .iter()
+            .filter(|c| matches!(c, Call::Map(x, _) if *x >= b))
+            .collect();
+        assert_eq!(at_b.len(), 4, "{dma:?}");
+        let unmap = dma
+            .iter()
+            .position(|c| *c == Call::Unmap(a, big))
+            .expect("unmapped a");
+        let first_b = dma.iter().position(|c| *c == Call::Map(b, PAGE)).unwrap();
+        assert!(unmap < first_b, "{dma:?}");
     }
 
     #[test]

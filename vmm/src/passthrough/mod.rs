@@ -13,11 +13,12 @@ mod bars;
 mod describe;
 mod dma;
 mod irqs;
+mod p2p;
 
 use crate::config::{format_size, DeviceConfig};
 use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
-use bars::{BarMapper, KvmMaps, Part, RomMemory};
+use bars::{BarMapper, KvmDma, KvmMaps, Part, RomMemory};
 use devices::{Bus, BusDevice};
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
@@ -82,24 +83,13 @@ pub enum Error {
     #[error("PCI bus layout: {0}")]
     Bus(#[from] devices::bus::Error),
     /// A 64-bit BAR does not fit below the guest's physical address width.
-    #[error("{device}: BAR {bar} ({size}, 64-bit) does not fit below the guest's {bits}-bit physical address limit ({limit}): the 64-bit BARs start above guest RAM at {start:#x} and this one would end past {limit_addr:#x}; {fix}")]
-    BarTooLarge {
-        /// Device name.
-        device: String,
-        /// BAR index.
-        bar: u8,
-        /// BAR size, as text.
-        size: String,
-        /// The guest's physical address width.
-        bits: u8,
-        /// `1 << bits` as text.
-        limit: String,
-        /// `1 << bits`.
-        limit_addr: u64,
-        /// Where the 64-bit window starts.
-        start: u64,
-        /// What to do.
-        fix: String,
+    #[error("{}; {}", .0.problem, .0.fix)]
+    BarTooLarge(TooLarge),
+    /// The background mapper thread could not be started.
+    #[error("cannot start the thread that maps large BARs for peer-to-peer DMA: {source}")]
+    Thread {
+        /// Why.
+        source: std::io::Error,
     },
     /// A `romfile=` that cannot be served.
     #[error("romfile '{path}' of --device {device}: {reason}; give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump, see the README's GPU section) or drop romfile=")]
@@ -201,12 +191,15 @@ pub struct Passthrough {
     /// Windows BARs are allocated from (for ACPI).
     pub windows: PciWindows,
     devices: Arc<Vec<Arc<Passed>>>,
+    mapper: Arc<Mutex<BarMapper>>,
 }
 
 impl Passthrough {
-    /// Quiesces every device before it is released (the vCPUs are stopped): interrupts
-    /// off and unwired from KVM, then a device reset where the device has one.
+    /// Quiesces every device before it is released (the vCPUs are stopped): no more DMA
+    /// mappings made in the background, interrupts off and unwired from KVM, then a device
+    /// reset where the device has one.
     pub fn shutdown(&self) {
+        lock(&self.mapper).stop_worker();
         for device in self.devices.iter() {
             let model = lock(&device.model);
             let host = model.backend();
@@ -231,6 +224,8 @@ pub struct Setup<'a> {
     pub phys_bits: u8,
     /// The widest the host's KVM allows (for the advice when BARs do not fit).
     pub kvm_phys_bits: u8,
+    /// Threads started here install their seccomp filter (`--seccomp=on`).
+    pub seccomp: bool,
     /// PIO bus.
     pub pio: &'a Arc<Bus>,
     /// MMIO bus.
@@ -243,7 +238,7 @@ pub struct Setup<'a> {
 pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Error> {
     let root = Arc::new(Mutex::new(PciRoot::new()));
     let (host, windows, mapper, passed) = if devices.is_empty() {
-        let maps = KvmMaps::new(setup.vm.clone(), None);
+        let maps = KvmMaps::new(setup.vm.clone(), KvmDma::new(None));
         let mapper = BarMapper::new(Box::new(maps), setup.pio, setup.mmio);
         let windows = PciWindows::new(setup.mem_size, 0);
         (None, windows, Arc::new(Mutex::new(mapper)), Vec::new())
@@ -252,13 +247,15 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         let (host, found) = open_host(setup, devices)?;
         let mut opened = open_devices(&host, &found, devices, roms)?;
         let windows = place_bars(setup, &mut opened)?;
-        let maps = KvmMaps::new(setup.vm.clone(), Some(host.dma()));
+        let dma = KvmDma::new(Some(host.dma()));
+        let maps = KvmMaps::new(setup.vm.clone(), dma.clone());
         let mapper = Arc::new(Mutex::new(BarMapper::new(
             Box::new(maps),
             setup.pio,
             setup.mmio,
         )));
         let passed = add_devices(setup, opened, &root, &mapper)?;
+        start_worker(&mut lock(&mapper), dma, setup.seccomp)?;
         dma::map_guest_ram(&host, setup.memory)?;
         (Some(host), windows, mapper, passed)
     };
@@ -275,6 +272,7 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         pci::PCI_CONFIG_IO_PORT,
         pci::PCI_CONFIG_IO_SIZE,
     )?;
+    let mapper_ref = mapper.clone();
     let ecam = ConfigAccess {
         inner: PciConfigMmio::new(root.clone()),
         root,
@@ -291,7 +289,18 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         host,
         windows,
         devices,
+        mapper: mapper_ref,
     })
+}
+
+/// Starts the background mapper of large BARs ([`p2p`]) when some BAR needs it.
+fn start_worker(mapper: &mut BarMapper, dma: KvmDma, seccomp: bool) -> Result<(), Error> {
+    if mapper.needs_worker() {
+        let worker = p2p::DmaWorker::start(Box::new(dma), p2p::CHUNK, seccomp)
+            .map_err(|source| Error::Thread { source })?;
+        mapper.set_worker(worker, p2p::ASYNC_FROM);
+    }
+    Ok(())
 }
 
 /// The ROM each device shows: `rombar=off` none, `romfile=` the file's bytes (read now, so a
@@ -316,7 +325,7 @@ fn read_romfiles(devices: &[DeviceConfig]) -> Result<Vec<RomSource>, Error> {
 }
 
 /// A ROM image file's bytes, or why it cannot be one.
-fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
+pub(crate) fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
     if meta.is_dir() {
         return Err("is a directory".into());
@@ -372,7 +381,8 @@ struct Opened {
     p2p: bool,
 }
 
-/// Opens each device, resets it and models it with the ROM it is to show.
+/// Opens each device and models it with the ROM it is to show (the reset comes once its BARs
+/// are known to fit: a refusal is then the only line).
 fn open_devices(
     host: &VfioHost,
     found: &[SysfsDevice],
@@ -383,11 +393,6 @@ fn open_devices(
     for ((dev, cfg), rom) in found.iter().zip(cfgs).zip(roms) {
         let hd = host.open(dev)?;
         let name = hd.name.clone();
-        if !hd.reset() {
-            log::warn!(
-                "{name}: no reset method (or reset failed); it keeps the state its last user left"
-            );
-        }
         let group = hd.group;
         let model = VfioPciDevice::with_rom(hd, rom).map_err(|source| Error::Model {
             device: name.clone(),
@@ -453,34 +458,55 @@ fn place_bars(setup: &Setup, opened: &mut [Opened]) -> Result<PciWindows, Error>
 
 /// The refusal of BAR `bar` (`size` bytes) of `device`, with the advice that fits.
 fn too_large(setup: &Setup, device: &str, bar: u8, size: u64, start: u64) -> Error {
-    let fix = if setup.phys_bits < setup.kvm_phys_bits {
-        format!(
-            "raise phys-bits= in --memory (this host's KVM allows up to {} bits) or pass fewer \
-             or smaller BARs",
-            setup.kvm_phys_bits
-        )
-    } else {
-        format!(
-            "this host's KVM gives guests at most {} bits: pass fewer or smaller BARs (shrink a \
-             resizable BAR on the host first) or use a host whose CPU has more physical \
-             address bits",
-            setup.kvm_phys_bits
-        )
-    };
-    let limit_addr = 1u64 << setup.phys_bits;
-    Error::BarTooLarge {
-        device: device.to_string(),
+    Error::BarTooLarge(TooLarge::new(
+        device,
         bar,
-        size: format_size(size),
-        bits: setup.phys_bits,
-        limit: format_size(limit_addr),
-        limit_addr,
+        size,
         start,
-        fix,
+        setup.phys_bits,
+        setup.kvm_phys_bits,
+    ))
+}
+
+/// A 64-bit BAR past the guest's physical address limit, as problem and fix (shared by the
+/// run's refusal and `vmm check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLarge {
+    /// `DEVICE: BAR n (SIZE, 64-bit) does not fit below ...`.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+impl TooLarge {
+    /// BAR `bar` (`size` bytes) of `device` does not fit in a window starting at `start` below
+    /// `1 << bits`; KVM allows `kvm_bits`.
+    pub fn new(device: &str, bar: u8, size: u64, start: u64, bits: u8, kvm_bits: u8) -> Self {
+        let limit = 1u64 << bits;
+        let problem = format!(
+            "{device}: BAR {bar} ({}, 64-bit) does not fit below the guest's {bits}-bit physical \
+             address limit ({}): the 64-bit BARs start above guest RAM at {start:#x} and this \
+             one would end past {limit:#x}",
+            format_size(size),
+            format_size(limit)
+        );
+        let fix = if bits < kvm_bits {
+            format!(
+                "raise phys-bits= in --memory (this host's KVM allows up to {kvm_bits} bits) or \
+                 pass fewer or smaller BARs"
+            )
+        } else {
+            format!(
+                "this host's KVM gives guests at most {kvm_bits} bits: pass fewer or smaller BARs \
+                 (shrink a resizable BAR on the host first) or use a host whose CPU has more \
+                 physical address bits"
+            )
+        };
+        Self { problem, fix }
     }
 }
 
-/// Puts each device on the bus, prepares its BARs' parts and wires its INTx.
+/// Resets each device, puts it on the bus, prepares its BARs' parts and wires its INTx.
 fn add_devices(
     setup: &Setup,
     opened: Vec<Opened>,
@@ -496,6 +522,11 @@ fn add_devices(
             mut model,
             p2p,
         } = o;
+        if !model.backend().reset() {
+            log::warn!(
+                "{name}: no reset method (or reset failed); it keeps the state its last user left"
+            );
+        }
         let pin = (model.read_config_register(INTERRUPT_REG) >> 8) as u8;
         let model = Arc::new(Mutex::new(model));
         let slot = lock(root)
