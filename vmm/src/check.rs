@@ -11,6 +11,8 @@
 //! and `/dev/vfio/N` are opened and closed again. It never binds drivers or writes sysfs.
 //! The roots it reads below ([`Host`]) are injectable so tests run against a fake tree.
 
+mod bars;
+
 use crate::config::{self, DeviceConfig};
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
@@ -262,10 +264,81 @@ impl Host {
             .filter(|d| d.managed)
             .filter_map(|d| Some(sysfs.device(d.spec()).ok()?.name))
             .collect();
+        if let Some(mem) = &cfg.memory {
+            checks.extend(hugepage_check(mem, &self.sys.join("kernel/mm/hugepages")));
+        }
+        let (width, width_check) = self.width(cfg.memory.and_then(|m| m.phys_bits));
+        checks.extend(width_check);
+        let mut bar_lines = self.bar_lines(cfg, width).into_iter();
         for dev in &cfg.devices {
             checks.extend(self.device(dev, &managed));
+            checks.extend(bar_lines.next().unwrap_or_default());
         }
         Report { checks }
+    }
+
+    /// The guest's physical address width from KVM's CPUID (narrowed by `phys-bits=`), and a
+    /// failure line when `phys-bits=` asks for more than KVM allows.
+    fn width(&self, asked: Option<u8>) -> (Option<bars::Width>, Option<Check>) {
+        use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+        let path = self.dev.join("kvm");
+        let kvm = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .ok()
+            .and_then(|c| kvm_ioctls::Kvm::new_with_path(c).ok());
+        let Some(cpuid) = kvm.and_then(|k| k.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok())
+        else {
+            return (None, None);
+        };
+        let kvm_bits = arch::cpuid::phys_bits(&cpuid);
+        match asked {
+            Some(bits) if bits > kvm_bits => {
+                let fail = Check::fail(
+                    "phys-bits",
+                    format!("--memory phys-bits={bits} is more than this host's KVM allows ({kvm_bits})"),
+                    format!("give phys-bits={kvm_bits} or less, or leave it out"),
+                );
+                let width = bars::Width {
+                    bits: kvm_bits,
+                    kvm_bits,
+                };
+                (Some(width), Some(fail))
+            }
+            _ => {
+                let bits = asked.unwrap_or(kvm_bits);
+                (Some(bars::Width { bits, kvm_bits }), None)
+            }
+        }
+    }
+
+    /// The BAR and ROM lines of every `--device` whose sysfs `resource` can be read (none for
+    /// the others: their device line says why), each BAR placed as a run would place it.
+    fn bar_lines(&self, cfg: &CheckConfig, width: Option<bars::Width>) -> Vec<Vec<Check>> {
+        let sysfs = Sysfs::new(&self.sys);
+        let found: Vec<Option<bars::SysBars>> = cfg
+            .devices
+            .iter()
+            .map(|d| {
+                let dev = sysfs.device(d.spec()).ok()?;
+                bars::read(&dev.name, &dev.path)
+            })
+            .collect();
+        let readable: Vec<bars::SysBars> = found.iter().flatten().cloned().collect();
+        let cfgs: Vec<&DeviceConfig> = cfg
+            .devices
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_some())
+            .map(|(c, _)| c)
+            .collect();
+        let mem_size = cfg.memory.map_or(config::DEFAULT_MEMORY, |m| m.size);
+        let mut lines = bars::checks(&readable, &cfgs, mem_size, width).into_iter();
+        found
+            .iter()
+            .map(|f| match f {
+                Some(_) => lines.next().unwrap_or_default(),
+                None => Vec::new(),
+            })
+            .collect()
     }
 
     fn kvm(&self) -> Vec<Check> {
@@ -672,6 +745,33 @@ fn memlock_verdict(limit: MemlockLimit, memory: Option<u64>) -> Check {
         ),
         None => Check::pass(NAME, limit_text),
     }
+}
+
+/// With `hugepages=on`: whether the pool under `root` has the pages the guest needs.
+fn hugepage_check(mem: &crate::memory::MemoryConfig, root: &Path) -> Option<Check> {
+    use crate::memory;
+    let page = mem.hugepages?;
+    const NAME: &str = "hugepages";
+    Some(
+        match memory::check_pool(mem, root, memory::default_huge_page()) {
+            Ok(()) => {
+                let pool = memory::HugePool::read(root, page).unwrap_or_default();
+                Check::pass(
+                    NAME,
+                    format!(
+                        "--memory {mem} needs {} pages, {} free",
+                        memory::pages_needed(mem.size, page),
+                        pool.available()
+                    ),
+                )
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let (problem, fix) = text.split_once("; ").unwrap_or((&text, ""));
+                Check::fail(NAME, problem, fix)
+            }
+        },
+    )
 }
 
 fn count_entries(dir: &Path) -> usize {
