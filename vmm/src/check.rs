@@ -986,6 +986,35 @@ WARN      member 0000:00:02.0: no driver
     }
 
     #[test]
+    fn hugepage_lines() {
+        let fake = FakeHost::new();
+        let pool = |free: u64| {
+            for (name, v) in [("nr_hugepages", 1100), ("free_hugepages", free)] {
+                fake.write(
+                    &format!("sys/kernel/mm/hugepages/hugepages-2048kB/{name}"),
+                    &format!("{v}\n"),
+                );
+            }
+            fake.root.join("sys/kernel/mm/hugepages")
+        };
+        let mem: crate::memory::MemoryConfig = "2G,hugepages=on".parse().unwrap();
+        let line = hugepage_check(&mem, &pool(1100)).unwrap().line();
+        assert_eq!(
+            line,
+            "PASS  hugepages: --memory 2G,hugepages=on,hugepage-size=2M needs 1024 pages, 1100 free"
+        );
+        let line = hugepage_check(&mem, &pool(100)).unwrap().line();
+        assert!(
+            line.starts_with(
+                "FAIL  hugepages: --memory 2G,hugepages=on,hugepage-size=2M: the guest needs 1024 \
+                 huge pages of 2 MiB but the pool has 100 free: raise the pool to 2024 pages"
+            ),
+            "{line}"
+        );
+        assert!(hugepage_check(&crate::memory::MemoryConfig::new(1 << 30), &pool(0)).is_none());
+    }
+
+    #[test]
     fn ir_domain_names() {
         let text = "           CPU0\n  0:  1  IR-IO-APIC    2-edge      timer\n\
                     24:  0  IR-PCI-MSI-0000:00:03.0  0-edge  edu\n\

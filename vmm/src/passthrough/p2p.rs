@@ -1,9 +1,9 @@
 //! Peer-to-peer DMA mappings of large BAR parts, made by a background thread.
 //!
-//! Mapping a BAR for DMA makes the kernel walk it page by page (vfio type1 looks each 4 KiB
-//! page of a PFNMAP up on its own up to Linux 6.14, after vfio-pci up to 6.11 filled the page
-//! tables of every mapping it touches): for a 128 GiB BAR that is 32 Mi page lookups, about a
-//! minute in the rig's emulated host and seconds on hardware. Done on the vCPU thread that
+//! Mapping a BAR for DMA makes the kernel walk it page by page (vfio type1 in Linux 6.1 looks
+//! each 4 KiB page of a PFNMAP up on its own, after vfio-pci filled the page tables of every
+//! mapping it touches): for a 128 GiB BAR that is 32 Mi page lookups, a minute in the rig's
+//! emulated host (measured: 63 s) and seconds on hardware. Done on the vCPU thread that
 //! turned decoding on, it would stall the guest in the middle of its PCI scan. So parts of
 //! [`ASYNC_FROM`] or more are handed to this worker: it maps them [`CHUNK`] by chunk, at the
 //! lowest CPU priority (`SCHED_IDLE`: the vCPUs go first), in the order asked. Until a part is
@@ -23,6 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// Times a failing chunk is tried again, [`RETRY_AFTER`] apart.
+const RETRIES: u32 = 20;
+/// Pause before a chunk is tried again.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Parts of this size or more are mapped in the background.
 pub(super) const ASYNC_FROM: u64 = 1 << 30;
@@ -163,7 +168,7 @@ fn map(
     chunk: u64,
 ) {
     let started = std::time::Instant::now();
-    let mut done = 0;
+    let (mut done, mut tries) = (0, 0);
     while done < len {
         if stop.load(Ordering::Relaxed) || gen.load(Ordering::Relaxed) != want {
             log::debug!(
@@ -172,14 +177,25 @@ fn map(
             return;
         }
         let n = (len - done).min(chunk);
-        if let Err(e) = dma.map_dma(iova + done, n, host + done) {
-            log::warn!(
-                "{name}: cannot map {len:#x} bytes at {iova:#x} for peer-to-peer DMA ({e}); other \
-                 devices cannot reach it"
-            );
-            return;
+        match dma.map_dma(iova + done, n, host + done) {
+            Ok(()) => {
+                done += n;
+                tries = 0;
+            }
+            // vfio-pci refuses to fault BAR pages in while the guest has memory decoding off,
+            // which a guest does for a moment around BAR updates: try the chunk again.
+            Err(_) if tries < RETRIES => {
+                tries += 1;
+                std::thread::sleep(RETRY_AFTER);
+            }
+            Err(e) => {
+                log::warn!(
+                    "{name}: cannot map {len:#x} bytes at {iova:#x} for peer-to-peer DMA ({e} at \
+                     offset {done:#x}); other devices cannot reach it"
+                );
+                return;
+            }
         }
-        done += n;
     }
     log::debug!(
         "{name}: {len:#x} bytes at {iova:#x} mapped for peer-to-peer DMA in {:.2} s (in the \
@@ -282,6 +298,43 @@ mod tests {
         assert_eq!(calls[2], (true, 0x40_0000, 0x1000));
         drop(w);
         assert_eq!(fake.calls.lock().unwrap().len(), 3);
+    }
+
+    /// Fails the first `fail` map calls, as vfio-pci does while decoding is off for a moment.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        fail: Arc<AtomicU64>,
+        maps: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl DmaMaps for Flaky {
+        fn map_dma(&mut self, iova: u64, _len: u64, _host: u64) -> Result<(), String> {
+            if self.fail.load(Ordering::Relaxed) > 0 {
+                self.fail.fetch_sub(1, Ordering::Relaxed);
+                return Err("Bad address".into());
+            }
+            self.maps.lock().unwrap().push(iova);
+            Ok(())
+        }
+        fn unmap_dma(&mut self, _iova: u64, _len: u64) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_chunk_refused_for_a_moment_is_tried_again() {
+        let fake = Flaky::default();
+        fake.fail.store(2, Ordering::Relaxed);
+        let w = DmaWorker::start(Box::new(fake.clone()), 0x1000, false).unwrap();
+        let gen = Arc::new(AtomicU64::new(1));
+        w.send(job(0, 0x2000, &gen));
+        for _ in 0..100 {
+            if fake.maps.lock().unwrap().len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(*fake.maps.lock().unwrap(), vec![0, 0x1000]);
     }
 
     #[test]
