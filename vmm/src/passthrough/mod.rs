@@ -597,3 +597,88 @@ fn bar_parts(device: &Arc<Passed>, name: &str, p2p: bool) -> Result<Vec<(u8, Vec
     }
     Ok(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_64bit_window_stays_out_of_the_e820_map() {
+        for mem in [512 << 20, 3 * GIB, 6 * GIB + 4096] {
+            let plan = pci::plan_mmio64(mem, &[128 * GIB, 8 * GIB, 16 << 10], 1 << 40).unwrap();
+            let w = plan.window;
+            assert!(w.size >= 136 * GIB, "{w:?}");
+            for e in arch::boot::e820_map(mem) {
+                assert!(
+                    e.addr + e.size <= w.start || e.addr >= w.start + w.size,
+                    "{e:?} overlaps {w:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn too_large_advice_follows_phys_bits() {
+        let narrowed = TooLarge::new("0000:41:00.0", 1, 128 * GIB, 4 * GIB, 37, 46);
+        assert_eq!(
+            narrowed.problem,
+            "0000:41:00.0: BAR 1 (128 GiB, 64-bit) does not fit below the guest's 37-bit \
+             physical address limit (128 GiB): the 64-bit BARs start above guest RAM at \
+             0x100000000 and this one would end past 0x2000000000"
+        );
+        assert!(narrowed
+            .fix
+            .starts_with("raise phys-bits= in --memory (this host's KVM allows up to 46 bits)"));
+        let host = TooLarge::new("0000:41:00.0", 1, 128 * GIB, 4 * GIB, 39, 39);
+        assert!(host
+            .fix
+            .starts_with("this host's KVM gives guests at most 39 bits"));
+        let e = Error::BarTooLarge(host).to_string();
+        assert!(!e.contains('\n') && e.contains("; this host's KVM"), "{e}");
+    }
+
+    #[test]
+    fn romfiles_are_read_or_refused() {
+        let dir = std::env::temp_dir().join(format!("vmm-romfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.rom");
+        std::fs::write(&empty, b"").unwrap();
+        let good = dir.join("good.rom");
+        std::fs::write(&good, [0x55, 0xaa, 1]).unwrap();
+        assert_eq!(read_romfile(&good), Ok(vec![0x55, 0xaa, 1]));
+        assert_eq!(read_romfile(&empty), Err("is empty".into()));
+        assert_eq!(read_romfile(&dir), Err("is a directory".into()));
+        let missing = read_romfile(&dir.join("missing.rom")).unwrap_err();
+        assert!(
+            missing.starts_with("cannot read it: No such file"),
+            "{missing}"
+        );
+        let cfgs: Vec<DeviceConfig> = [
+            "vfio-pci,host=00:12.0".to_string(),
+            "vfio-pci,host=00:13.0,rombar=off".to_string(),
+            format!("vfio-pci,host=00:14.0,romfile={}", good.display()),
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(
+            read_romfiles(&cfgs).unwrap(),
+            vec![
+                RomSource::Device,
+                RomSource::Hidden,
+                RomSource::Image(vec![0x55, 0xaa, 1])
+            ]
+        );
+        let bad: DeviceConfig = format!("vfio-pci,host=00:12.0,romfile={}", empty.display())
+            .parse()
+            .unwrap();
+        let e = read_romfiles(&[bad]).unwrap_err().to_string();
+        assert!(
+            e.contains("of --device 0000:00:12.0: is empty; give a readable ROM image"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
