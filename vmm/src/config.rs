@@ -44,8 +44,10 @@ Options:
 
 vmm check: is this host ready for passthrough? One PASS, WARN or FAIL line per check
 (with the fix when not PASS): KVM and its capabilities, the IOMMU, vfio-pci, interrupt
-remapping, the locked-memory limit (against --memory SIZE when given), and for each
---device SPEC (as above) its driver, its IOMMU group with every member, and /dev/vfio/N.
+remapping, the locked-memory limit (against --memory SIZE when given), the hugepage pool
+(--memory SIZE,hugepages=on), and for each --device SPEC (as above) its driver, its IOMMU
+group with every member, /dev/vfio/N, each BAR's size and whether it fits the guest's
+physical address width, and its expansion ROM.
 --json prints one object instead: {\"ok\":BOOL,\"checks\":[{\"name\":..,\"status\":..,
 \"detail\":..,\"fix\":..},...]}. Status 0 when nothing FAILs, else 1.
 
