@@ -198,25 +198,25 @@ gpu_scenario() {
     return 0
 }
 
-# gpu_boot TAG TOOL MEM HUGE: one boot to init with the NVMe passed through, on hugepages when
-# HUGE is 1 (vmm: hugepages=on; QEMU: -mem-path on a hugetlbfs mount, the pool sized just
-# before); prints RIG-GPU-BENCH.
+# gpu_boot TAG TOOL MEM HUGE ROUND: one boot to init with the NVMe passed through, on hugepages
+# when HUGE is 1 (vmm: hugepages=on; QEMU: -mem-path on a hugetlbfs mount, the pool sized just
+# before); prints RIG-GPU-BENCH. (Variables gb_*: run_l2 sets tag, tool, mem, ... globally.)
 gpu_boot() {
-    tag=$1 tool=$2 mem=$3 huge=$4 round=$5
+    gb_tag=$1 gb_tool=$2 gb_mem=$3 gb_huge=$4 gb_round=$5
     DEVS=host=00:04.0 L2_ARGS= QEMU_EXTRA=
-    vmem=$mem
-    if [ "$huge" = 1 ]; then
-        gpu_pool $((${mem%G} * 512 + 16))
-        case "$tool" in
-            vmm*) vmem=$mem,hugepages=on ;;
+    gb_vmem=$gb_mem
+    if [ "$gb_huge" = 1 ]; then
+        gpu_pool $((${gb_mem%G} * 512 + 16))
+        case "$gb_tool" in
+            vmm*) gb_vmem=$gb_mem,hugepages=on ;;
             qemu*) QEMU_EXTRA="-mem-path /dev/hugepages" ;;
         esac
     fi
-    run_l2 "$tag" "$tool" 1 "$vmem" poweroff
+    run_l2 "$gb_tag" "$gb_tool" 1 "$gb_vmem" poweroff
     QEMU_EXTRA=
-    [ "$huge" = 1 ] && echo 0 >/proc/sys/vm/nr_hugepages
-    [ -n "$R_reason" ] && GB_bad="$tag-$R_reason"
-    echo "RIG-GPU-BENCH round=$round tool=$tool mem=$mem huge=$huge init_ms=${R_init_ms:-fail}"
+    [ "$gb_huge" = 1 ] && echo 0 >/proc/sys/vm/nr_hugepages
+    [ -n "$R_reason" ] && GB_bad="$gb_tag-$R_reason"
+    echo "RIG-GPU-BENCH round=$gb_round tool=$gb_tool mem=$gb_mem huge=$gb_huge init_ms=${R_init_ms:-fail}"
 }
 
 # gpu_bench N: N alternated rounds of boots to init with the NVMe passed through, at 2 and
@@ -224,29 +224,29 @@ gpu_boot() {
 # and without -mem-path hugepages; then the ROM read time of vmm and QEMU. After one warm-up
 # of each VMM.
 gpu_bench() {
-    n=$1
+    gb_n=$1
     bind_vfio "$GPU_NVME" "$GPU_EDU"
     mkdir -p /dev/hugepages
     mount -t hugetlbfs hugetlbfs /dev/hugepages
     GB_bad=
     gpu_boot warm-vmm vmm 2G 0 0
     gpu_boot warm-qemu qemu 2G 0 0
-    i=1
-    while [ "$i" -le "$n" ]; do
-        for mem in 2G 4G; do
-            gpu_boot "gb-vmm-$mem-$i" vmm "$mem" 0 "$i"
-            gpu_boot "gb-qemu-$mem-$i" qemu "$mem" 0 "$i"
-            gpu_boot "gb-vmmh-$mem-$i" vmm "$mem" 1 "$i"
-            gpu_boot "gb-qemuh-$mem-$i" qemu "$mem" 1 "$i"
-            gpu_boot "gb-pvhh-$mem-$i" vmm-pvh "$mem" 1 "$i"
+    gb_i=1
+    while [ "$gb_i" -le "$gb_n" ]; do
+        for gb_m in 2G 4G; do
+            gpu_boot "gb-vmm-$gb_m-$gb_i" vmm "$gb_m" 0 "$gb_i"
+            gpu_boot "gb-qemu-$gb_m-$gb_i" qemu "$gb_m" 0 "$gb_i"
+            gpu_boot "gb-vmmh-$gb_m-$gb_i" vmm "$gb_m" 1 "$gb_i"
+            gpu_boot "gb-qemuh-$gb_m-$gb_i" qemu "$gb_m" 1 "$gb_i"
+            gpu_boot "gb-pvhh-$gb_m-$gb_i" vmm-pvh "$gb_m" 1 "$gb_i"
         done
-        for tool in vmm qemu; do
-            gpu_rom_run "gb-rom-$tool-$i" "$tool" host=00:12.0
-            [ -n "$R_reason" ] && GB_bad="rom-$tool-$R_reason"
-            echo "RIG-GPU-BENCH-ROM round=$i tool=$tool read_us=$(kv "$GR_line" read_us) bytes=$(kv "$GR_line" bytes)"
+        for gb_t in vmm qemu; do
+            gpu_rom_run "gb-rom-$gb_t-$gb_i" "$gb_t" host=00:12.0
+            [ -n "$R_reason" ] && GB_bad="rom-$gb_t-$R_reason"
+            echo "RIG-GPU-BENCH-ROM round=$gb_i tool=$gb_t read_us=$(kv "$GR_line" read_us) bytes=$(kv "$GR_line" bytes)"
         done
-        i=$((i + 1))
+        gb_i=$((gb_i + 1))
     done
     umount /dev/hugepages
-    echo "RIG-RESULT scenario=gpu-bench-$n ok=$([ -z "$GB_bad" ] && echo 1 || echo 0) rounds=$n${GB_bad:+ reason=$GB_bad}"
+    echo "RIG-RESULT scenario=gpu-bench-$gb_n ok=$([ -z "$GB_bad" ] && echo 1 || echo 0) rounds=$gb_n${GB_bad:+ reason=$GB_bad}"
 }
