@@ -371,6 +371,14 @@ DEVICE_PARSER = {
     "size_alone": argv("64MB"),
     "rejected": argv("--kernel", "k", "--cpus", "255", "--device", "vfio-pci,host=00:1g.0,managed=yes"),
     "help_version": argv("-V", "--help"),
+    "not_utf8": argv("--kernel", b"k\xff", "--cmdline", b"console=ttyS0 \xfe", "--device", b"vfio-pci,sysfsdev=/sys/\xc3"),
+    "dash_value": argv("--kernel", "--memory", "1G", "--timeout", "-5"),
+    "duplicates": argv(
+        "--kernel", "k", "--device", "vfio-pci,host=01:00.0,id=a", "--device",
+        "vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:01:00.0,id=a",
+    ),
+    "ports_and_bounds": argv("--kernel=k", "--debug-exit=0x3f8", "--timeout", "9223372036854775808", "--memory", "1025T"),
+    "check_json_refused": argv("check", "--json", "--memory", "1000", "--device", b"vfio-pci,host=\xff"),
 }
 
 CORPORA = {

@@ -72,13 +72,11 @@ const NMI_LINT: u8 = 1;
 const DSDT_REVISION: u8 = 6;
 
 /// Errors building or writing the ACPI tables.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The vCPU count cannot be described.
-    #[error("cannot describe {0} vCPUs: between 1 and {MAX_CPUS} are supported")]
     CpuCount(u8),
     /// A table handed to [`AcpiTables::add_table`] is not a well-formed table.
-    #[error("table {signature:?} is malformed: header says {header_len} bytes, got {actual_len}")]
     BadTable {
         /// The table's signature (or its first bytes).
         signature: String,
@@ -88,7 +86,6 @@ pub enum Error {
         actual_len: usize,
     },
     /// The tables do not fit in the reserved ACPI area.
-    #[error("ACPI tables need {needed:#x} bytes but only {available:#x} are reserved")]
     TooLarge {
         /// Bytes needed from `ACPI_START`.
         needed: u64,
@@ -96,8 +93,40 @@ pub enum Error {
         available: u64,
     },
     /// Guest memory does not cover the ACPI area.
-    #[error("writing ACPI tables to guest memory: {0}")]
-    GuestMemory(#[from] vm_memory::GuestMemoryError),
+    GuestMemory(vm_memory::GuestMemoryError),
+}
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::CpuCount(n) => Advice::new(
+                format!("cannot describe {n} vCPUs"),
+                format!("use --cpus from 1 to {MAX_CPUS}"),
+            ),
+            Error::BadTable {
+                signature,
+                header_len,
+                actual_len,
+            } => Advice::bug(format!(
+                "ACPI table {signature:?} is malformed: header says {header_len} bytes, got \
+                 {actual_len}"
+            )),
+            Error::TooLarge { needed, available } => Advice::bug(format!(
+                "ACPI tables need {needed:#x} bytes but only {available:#x} are reserved"
+            )),
+            Error::GuestMemory(e) => {
+                Advice::bug(format!("cannot write ACPI tables to guest memory: {e}"))
+            }
+        }
+    }
+}
+diag::explained!(Error);
+
+impl From<vm_memory::GuestMemoryError> for Error {
+    fn from(e: vm_memory::GuestMemoryError) -> Self {
+        Error::GuestMemory(e)
+    }
 }
 
 /// What the platform looks like to the tables.

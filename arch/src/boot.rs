@@ -10,23 +10,31 @@ use resources::layout::*;
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 /// Errors while writing boot structures.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
-    /// Guest RAM cannot hold kernel, initramfs and boot data.
-    #[error(
-        "guest memory is too small: the kernel and initramfs need at least {needed_mib} MiB \
-         below 3 GiB; raise --memory"
-    )]
-    TooSmall {
-        /// Minimum RAM in MiB.
-        needed_mib: u64,
-    },
     /// The e820 map has more entries than the zero page holds.
-    #[error("e820 map has {0} entries, more than the zero page holds")]
     E820Overflow(usize),
     /// Writing to guest memory failed.
-    #[error("cannot write boot data to guest memory: {0}")]
-    Memory(#[from] vm_memory::GuestMemoryError),
+    Memory(vm_memory::GuestMemoryError),
+}
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::E820Overflow(n) => Advice::bug(format!(
+                "e820 map has {n} entries, more than the zero page holds"
+            )),
+            Error::Memory(e) => Advice::bug(format!("cannot write boot data to guest memory: {e}")),
+        }
+    }
+}
+diag::explained!(Error);
+
+impl From<vm_memory::GuestMemoryError> for Error {
+    fn from(e: vm_memory::GuestMemoryError) -> Self {
+        Error::Memory(e)
+    }
 }
 
 /// e820 entry types.
@@ -68,36 +76,6 @@ pub fn e820_map(mem_size: u64) -> Vec<E820Entry> {
     ];
     map.extend(ranges[1..].iter().map(|r| entry(r.start, r.len, E820_RAM)));
     map
-}
-
-/// Where a loaded kernel image ends and what the initramfs needs.
-#[derive(Clone, Copy, Debug)]
-pub struct InitrdPlacement {
-    /// First byte after the kernel (including what it will decompress into).
-    pub kernel_end: u64,
-    /// Highest address the kernel accepts for the initramfs's last byte.
-    pub addr_max: u64,
-    /// Initramfs size in bytes.
-    pub size: u64,
-}
-
-/// The highest page-aligned address for the initramfs below both `addr_max` and the end
-/// of low RAM, and above the kernel.
-pub fn initrd_address(mem_size: u64, p: InitrdPlacement) -> Result<u64, Error> {
-    let low_end = ram_ranges(mem_size)[0].len;
-    let top = low_end.min(p.addr_max.saturating_add(1));
-    let addr = top.checked_sub(p.size).map(|a| a & !0xfff);
-    match addr {
-        Some(a) if a >= p.kernel_end => Ok(a),
-        _ => Err(too_small(p.kernel_end + p.size)),
-    }
-}
-
-/// The error for a guest that needs `needed` bytes of low RAM.
-pub fn too_small(needed: u64) -> Error {
-    Error::TooSmall {
-        needed_mib: needed.div_ceil(1 << 20) + 1,
-    }
 }
 
 /// What the zero page says about the command line and initramfs.
@@ -245,25 +223,6 @@ mod tests {
         for w in map.windows(2) {
             assert!(w[0].addr + w[0].size <= w[1].addr);
         }
-    }
-
-    #[test]
-    fn initrd_goes_high_but_below_the_limit() {
-        let p = InitrdPlacement {
-            kernel_end: 0x100_0000,
-            addr_max: 0x7fff_ffff,
-            size: 0x1234,
-        };
-        let a = initrd_address(512 << 20, p).unwrap();
-        assert_eq!(a, ((512 << 20) - 0x1234) & !0xfff);
-        let a = initrd_address(4 << 30, p).unwrap();
-        assert_eq!(a, (0x8000_0000 - 0x1234) & !0xfff);
-        let p = InitrdPlacement {
-            size: 600 << 20,
-            ..p
-        };
-        let err = initrd_address(512 << 20, p).unwrap_err().to_string();
-        assert!(err.contains("at least 617 MiB"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
+pub mod kernel;
 pub mod regs;
 
 /// Guest memory as every crate sees it.

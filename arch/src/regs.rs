@@ -10,10 +10,9 @@ use resources::layout::{
 use vm_memory::{Bytes, GuestAddress};
 
 /// Errors while setting up a vCPU.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// A KVM vCPU ioctl failed.
-    #[error("cannot set the vCPU's {what}: {source}")]
     Kvm {
         /// Which state.
         what: &'static str,
@@ -21,7 +20,6 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// KVM accepted only some of the boot MSRs.
-    #[error("KVM accepted {set} of {wanted} boot MSRs")]
     Msrs {
         /// How many were set.
         set: usize,
@@ -29,8 +27,33 @@ pub enum Error {
         wanted: usize,
     },
     /// Writing tables to guest memory failed.
-    #[error("cannot write boot tables to guest memory: {0}")]
-    Memory(#[from] vm_memory::GuestMemoryError),
+    Memory(vm_memory::GuestMemoryError),
+}
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Kvm { what, source } => Advice::new(
+                format!("KVM: cannot set the vCPU's {what}: {source}"),
+                "check that KVM works on this host (dmesg)",
+            ),
+            Error::Msrs { set, wanted } => Advice::new(
+                format!("KVM accepted {set} of {wanted} boot MSRs"),
+                "check that KVM works on this host (dmesg)",
+            ),
+            Error::Memory(e) => {
+                Advice::bug(format!("cannot write boot tables to guest memory: {e}"))
+            }
+        }
+    }
+}
+diag::explained!(Error);
+
+impl From<vm_memory::GuestMemoryError> for Error {
+    fn from(e: vm_memory::GuestMemoryError) -> Self {
+        Error::Memory(e)
+    }
 }
 
 fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {

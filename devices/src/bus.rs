@@ -17,18 +17,20 @@ pub trait BusDevice: Send {
 }
 
 /// Errors when adding a device to a bus.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// The new range overlaps one already on the bus.
-    #[error("bus range {base:#x}+{len:#x} overlaps a device already there")]
     Overlap {
+        /// Name of the device being added.
+        name: String,
         /// Start of the rejected range.
         base: u64,
         /// Length of the rejected range.
         len: u64,
+        /// Name of the device already there.
+        existing: String,
     },
     /// A zero-length or wrapping range.
-    #[error("bus range {base:#x}+{len:#x} is empty or wraps around")]
     BadRange {
         /// Start of the rejected range.
         base: u64,
@@ -37,7 +39,27 @@ pub enum Error {
     },
 }
 
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        match self {
+            Error::Overlap {
+                name,
+                base,
+                len,
+                existing,
+            } => diag::Advice::bug(format!(
+                "{name} at {base:#x}+{len:#x} overlaps {existing}, already there"
+            )),
+            Error::BadRange { base, len } => diag::Advice::bug(format!(
+                "bus range {base:#x}+{len:#x} is empty or wraps around"
+            )),
+        }
+    }
+}
+diag::explained!(Error);
+
 struct Entry {
+    name: String,
     len: u64,
     device: Arc<Mutex<dyn BusDevice>>,
     accesses: Arc<AtomicU64>,
@@ -81,8 +103,13 @@ impl Bus {
             .ok_or(Error::BadRange { base, len })?;
         let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
         let before = ranges.range(..end).next_back();
-        if before.is_some_and(|(&b, e)| b + e.len > base) {
-            return Err(Error::Overlap { base, len });
+        if let Some((_, e)) = before.filter(|(&b, e)| b + e.len > base) {
+            return Err(Error::Overlap {
+                name: name.to_owned(),
+                base,
+                len,
+                existing: e.name.clone(),
+            });
         }
         let accesses = self
             .counters
@@ -94,6 +121,7 @@ impl Bus {
         ranges.insert(
             base,
             Entry {
+                name: name.to_owned(),
                 len,
                 device,
                 accesses,

@@ -17,8 +17,10 @@ pub enum ExitReason {
     Crash(String),
     /// The VMM's `--timeout` expired after this many seconds.
     Timeout(u64),
-    /// The VMM received this signal (SIGINT, SIGTERM, SIGHUP).
+    /// The VMM received this signal (SIGINT, SIGTERM, SIGHUP, ...).
     Signal(i32),
+    /// `vm.shutdown` through the control API.
+    Shutdown,
     /// The VMM itself failed while the guest ran (a vCPU thread failed); the text says how.
     Failure(String),
 }

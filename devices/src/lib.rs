@@ -7,6 +7,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod debug_exit;
 pub mod exit;
+pub mod ged;
 pub mod i8042;
 pub mod serial;
 

@@ -15,6 +15,18 @@
 
 use std::fmt;
 
+/// The fix of a problem that is vmm's own fault.
+pub const BUG_FIX: &str = "this is a vmm bug: please report it with the output of vmm -vv";
+
+/// A path as text for a message: as is when it is UTF-8, else quoted with the bytes that are
+/// not shown escaped (`"/tmp/k\xFF"`).
+pub fn path(p: &std::path::Path) -> String {
+    match p.to_str() {
+        Some(s) => s.to_string(),
+        None => format!("{:?}", p.as_os_str()),
+    }
+}
+
 /// What went wrong and what to do about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Advice {
@@ -36,6 +48,18 @@ impl Advice {
     /// A problem with no fix the user can apply.
     pub fn bare(problem: impl Into<String>) -> Self {
         Self::new(problem, String::new())
+    }
+
+    /// A problem that only a fix in vmm can solve.
+    pub fn bug(problem: impl Into<String>) -> Self {
+        Self::new(problem, BUG_FIX)
+    }
+
+    /// The same advice with the problem's subject in front: `subject problem` (for a problem
+    /// worded as a predicate, "is empty").
+    pub fn about(mut self, subject: impl fmt::Display) -> Self {
+        self.problem = format!("{subject} {}", self.problem);
+        self
     }
 
     /// The same advice with `context` in front of the problem: `context: problem`.
@@ -78,6 +102,12 @@ pub trait Explain {
     fn advice(&self) -> Advice;
 }
 
+impl<T: Explain + ?Sized> Explain for &T {
+    fn advice(&self) -> Advice {
+        (**self).advice()
+    }
+}
+
 impl Explain for Advice {
     fn advice(&self) -> Advice {
         self.clone()
@@ -95,6 +125,19 @@ macro_rules! explained {
             }
         }
         impl ::std::error::Error for $t {}
+    )+};
+}
+
+/// `From` impls that wrap each source error type in its variant of an error enum:
+/// `diag::wrap!(Error: Sysfs(vfio::sysfs::Error), Boot(arch::boot::Error));`.
+#[macro_export]
+macro_rules! wrap {
+    ($enum:ty: $($variant:ident($t:ty)),+ $(,)?) => {$(
+        impl ::std::convert::From<$t> for $enum {
+            fn from(e: $t) -> Self {
+                <$enum>::$variant(e)
+            }
+        }
     )+};
 }
 
@@ -125,6 +168,14 @@ mod tests {
         let a = Missing("k").advice().within("--kernel");
         assert_eq!(a.problem, "--kernel: no file k");
         assert_eq!(a.fix, "check the path");
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_are_escaped() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/k\xff"));
+        assert_eq!(path(p), "\"/tmp/k\\xFF\"");
+        assert_eq!(path(std::path::Path::new("/boot/vmlinuz")), "/boot/vmlinuz");
     }
 
     #[test]

@@ -180,14 +180,20 @@ impl Harness {
         let expected = match base.checked_add(len).filter(|_| len > 0) {
             None => Err(Error::BadRange { base, len }),
             Some(end) => {
-                let overlaps = self
+                // The bus names the overlapped device that starts last below `end`.
+                let overlapped = self
                     .model
-                    .iter()
-                    .any(|(&b, range)| b < end && base < b + range.len);
-                if overlaps {
-                    Err(Error::Overlap { base, len })
-                } else {
-                    Ok(())
+                    .range(..end)
+                    .next_back()
+                    .filter(|(&b, range)| base < b + range.len);
+                match overlapped {
+                    Some((_, range)) => Err(Error::Overlap {
+                        name: name.to_string(),
+                        base,
+                        len,
+                        existing: range.name.to_string(),
+                    }),
+                    None => Ok(()),
                 }
             }
         };

@@ -26,6 +26,7 @@
 mod acpi;
 mod bar;
 mod config;
+pub mod hotplug;
 mod resources;
 mod root;
 
@@ -74,10 +75,9 @@ pub trait PciDevice: Send {
 }
 
 /// Errors building the PCI bus and its resources.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// A BAR size the BAR type cannot have (not a power of two, too small or too large).
-    #[error("BAR {index}: size {size:#x} is not valid for a {kind:?} BAR")]
     BarSize {
         /// BAR index.
         index: u8,
@@ -87,16 +87,12 @@ pub enum Error {
         size: u64,
     },
     /// A BAR index out of range, or whose registers another BAR already uses.
-    #[error("BAR {0}: index out of range or registers already used")]
     BarIndex(u8),
     /// All device slots are taken.
-    #[error("no free PCI slot: at most {} devices", MAX_SLOTS - 1)]
     NoFreeSlot,
     /// An address window the allocator cannot manage (empty or wrapping).
-    #[error("PCI {0} window: {1}")]
-    Window(&'static str, #[source] vm_allocator::Error),
+    Window(&'static str, vm_allocator::Error),
     /// No room for a BAR in its window.
-    #[error("no room for a {size:#x}-byte {kind:?} BAR: {source}")]
     Allocate {
         /// BAR type.
         kind: BarKind,
@@ -106,6 +102,33 @@ pub enum Error {
         source: vm_allocator::Error,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        const CANNOT: &str = "this device cannot be passed through: its BARs break the PCI rules";
+        match self {
+            Error::BarSize { index, kind, size } => Advice::new(
+                format!("BAR {index}: size {size:#x} is not valid for a {kind:?} BAR"),
+                CANNOT,
+            ),
+            Error::BarIndex(index) => Advice::new(
+                format!("BAR {index}: index out of range or registers already used"),
+                CANNOT,
+            ),
+            Error::NoFreeSlot => Advice::new(
+                format!("no free PCI slot: at most {} devices", MAX_SLOTS - 1),
+                "pass through fewer devices",
+            ),
+            Error::Window(name, e) => Advice::bug(format!("PCI {name} window: {e}")),
+            Error::Allocate { kind, size, source } => Advice::new(
+                format!("no room for a {size:#x}-byte {kind:?} BAR: {source}"),
+                "pass through fewer devices or devices with smaller BARs",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// `dword` with `data` written at byte `offset`; `None` if the access leaves the dword or is
 /// empty.

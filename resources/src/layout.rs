@@ -52,6 +52,12 @@ pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 pub const PCI_ECAM_START: u64 = 0xe000_0000;
 /// ECAM size for buses 0-255.
 pub const PCI_ECAM_SIZE: u64 = 0x1000_0000;
+/// The ACPI Generic Event Device's register (power button, PCI slot events).
+pub const GED_START: u64 = 0xfeb0_0000;
+/// The GED's interrupt (an ISA IRQ nothing else uses, edge-triggered).
+pub const GED_GSI: u32 = 5;
+/// The ACPI PCI hotplug controller's registers (slots up/down, eject).
+pub const PCI_HOTPLUG_START: u64 = 0xfeb0_1000;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
@@ -59,14 +65,34 @@ pub const APIC_START: u64 = 0xfee0_0000;
 
 /// I/O port of COM1.
 pub const COM1_PORT: u16 = 0x3f8;
+/// Ports of COM1's UART, from [`COM1_PORT`].
+pub const COM1_PORT_COUNT: u16 = 8;
 /// IRQ (IOAPIC pin / GSI) of COM1.
 pub const COM1_IRQ: u32 = 4;
 /// i8042 data and command ports.
 pub const I8042_PORT: u16 = 0x60;
+/// Ports vmm's i8042 takes from [`I8042_PORT`]: 0x60 data to 0x64 command (0x61, the PC
+/// speaker, is in between; KVM's in-kernel PIT handles it).
+pub const I8042_PORT_COUNT: u16 = 5;
 /// The ACPI sleep-control/reset register (hardware-reduced ACPI), one byte.
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// The ACPI sleep-status register, one byte.
 pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
+/// Ports of the ACPI power management device, from [`ACPI_PM_PORT`].
+pub const ACPI_PM_PORT_COUNT: u16 = 2;
+/// KVM's in-kernel PIC (8259) pair, master and slave command/data ports: guest accesses
+/// there never reach vmm.
+pub const KVM_PIC_PORTS: [u16; 2] = [0x20, 0xa0];
+/// Ports of each in-kernel PIC.
+pub const KVM_PIC_PORT_COUNT: u16 = 2;
+/// KVM's in-kernel PIT (8254): channels 0-2 and the mode register.
+pub const KVM_PIT_PORT: u16 = 0x40;
+/// Ports of the in-kernel PIT.
+pub const KVM_PIT_PORT_COUNT: u16 = 4;
+/// KVM's in-kernel ELCR (edge/level control of the PICs' IRQs), two ports.
+pub const KVM_ELCR_PORT: u16 = 0x4d0;
+/// Ports of the in-kernel ELCR.
+pub const KVM_ELCR_PORT_COUNT: u16 = 2;
 /// Value the guest writes to [`ACPI_PM_PORT`] (the FADT reset register) to reset.
 pub const ACPI_RESET_VALUE: u8 = 1;
 /// SLP_TYP of the S5 (soft-off) state as declared by the DSDT's `_S5_` object.
@@ -100,7 +126,9 @@ pub fn ram_ranges(size: u64) -> Vec<RamRange> {
 // The fixed regions must not overlap; checked when the crate compiles.
 const _: () = {
     assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
-    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
+    assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= GED_START);
+    assert!(GED_START + 0x1000 <= PCI_HOTPLUG_START);
+    assert!(PCI_HOTPLUG_START + 0x1000 <= IOAPIC_START);
     assert!(ACPI_START + ACPI_SIZE <= HIMEM_START);
     assert!(PML4_START + 6 * 0x1000 <= CMDLINE_START);
     assert!(PVH_INFO_START + 0x1000 <= ZERO_PAGE_START);

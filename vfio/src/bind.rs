@@ -15,22 +15,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Errors moving a device between drivers.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// sysfs lookups failed.
-    #[error(transparent)]
-    Sysfs(#[from] crate::sysfs::Error),
+    Sysfs(crate::sysfs::Error),
     /// The device has no `driver_override` (not a PCI device, e.g. an mdev).
-    #[error("managed=on works for PCI devices only; {device} has no driver_override: bind it yourself and drop managed=on")]
     NotPci {
         /// Device name.
         device: String,
     },
     /// vfio-pci is not loaded.
-    #[error("managed=on needs the vfio-pci driver, which is not loaded: modprobe vfio-pci")]
     NoVfioPci,
     /// Another member of the group is on a host driver.
-    #[error("managed=on cannot take {device}: IOMMU group {group} also holds {}; pass those through too, or unbind them", describe(others))]
     GroupInUse {
         /// Device name.
         device: String,
@@ -40,7 +36,6 @@ pub enum Error {
         others: Vec<(String, String)>,
     },
     /// A sysfs write failed.
-    #[error("managed=on: cannot write '{value}' to {}: {source}{}", path.display(), hint(source))]
     Write {
         /// File written.
         path: PathBuf,
@@ -50,7 +45,6 @@ pub enum Error {
         source: io::Error,
     },
     /// The device did not end up on vfio-pci.
-    #[error("managed=on: {device} is on {} after binding, not vfio-pci: check dmesg", found.as_deref().unwrap_or("no driver"))]
     NotBound {
         /// Device name.
         device: String,
@@ -59,21 +53,70 @@ pub enum Error {
     },
 }
 
+impl From<crate::sysfs::Error> for Error {
+    fn from(e: crate::sysfs::Error) -> Self {
+        Error::Sysfs(e)
+    }
+}
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Sysfs(e) => e.advice(),
+            Error::NotPci { device } => Advice::new(
+                format!("managed=on works for PCI devices only; {device} has no driver_override"),
+                "bind it yourself and drop managed=on",
+            ),
+            Error::NoVfioPci => Advice::new(
+                "managed=on needs the vfio-pci driver, which is not loaded",
+                "modprobe vfio-pci",
+            ),
+            Error::GroupInUse {
+                device,
+                group,
+                others,
+            } => Advice::new(
+                format!(
+                    "managed=on cannot take {device}: IOMMU group {group} also holds {}",
+                    describe(others)
+                ),
+                "pass those through too, or unbind them",
+            ),
+            Error::Write {
+                path,
+                value,
+                source,
+            } => Advice::new(
+                format!(
+                    "managed=on: cannot write '{value}' to {}: {source}",
+                    path.display()
+                ),
+                match source.kind() {
+                    io::ErrorKind::PermissionDenied => {
+                        "managed=on needs root (or bind the device to vfio-pci yourself)"
+                    }
+                    _ => "check dmesg for what the driver reported",
+                },
+            ),
+            Error::NotBound { device, found } => Advice::new(
+                format!(
+                    "managed=on: {device} is on {} after binding, not vfio-pci",
+                    found.as_deref().unwrap_or("no driver")
+                ),
+                "check dmesg",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
+
 fn describe(others: &[(String, String)]) -> String {
     others
         .iter()
         .map(|(name, driver)| format!("{name} bound to {driver}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn hint(e: &io::Error) -> &'static str {
-    match e.kind() {
-        io::ErrorKind::PermissionDenied => {
-            "; managed=on needs root (or bind the device to vfio-pci yourself)"
-        }
-        _ => "",
-    }
 }
 
 /// A device moved to vfio-pci, and what to put back.
@@ -328,7 +371,7 @@ mod tests {
         let e = bind_to_vfio(&sysfs, &dev, &[]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "managed=on: 0000:00:04.0 is on nvme after binding, not vfio-pci: check dmesg"
+            "managed=on: 0000:00:04.0 is on nvme after binding, not vfio-pci; check dmesg"
         );
         assert_eq!(f.read("bus/pci/drivers/nvme/unbind"), "0000:00:04.0");
         assert_eq!(f.read("bus/pci/drivers_probe"), "0000:00:04.0");
@@ -394,7 +437,7 @@ mod tests {
         std::fs::remove_dir_all(f.root.join("bus/pci/drivers/vfio-pci")).unwrap();
         assert_eq!(
             bind_to_vfio(&sysfs, &dev, &[]).unwrap_err().to_string(),
-            "managed=on needs the vfio-pci driver, which is not loaded: modprobe vfio-pci"
+            "managed=on needs the vfio-pci driver, which is not loaded; modprobe vfio-pci"
         );
     }
 }

@@ -37,17 +37,14 @@ const MULTI_FUNCTION: u32 = 0x80 << 16;
 const INTERRUPT_REG: usize = 15;
 
 /// Errors modelling a VFIO device.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// The backend reports no config space region.
-    #[error("the VFIO device has no config space region: is it a PCI device?")]
     NoConfigRegion,
     /// A BAR the PCI emulation cannot represent.
-    #[error("cannot emulate the device's BARs")]
-    Bars(#[from] pci::Error),
+    Bars(pci::Error),
     /// A broken MSI-X capability.
-    #[error("cannot emulate the device's MSI-X capability")]
-    Msix(#[from] crate::msix::Error),
+    Msix(crate::msix::Error),
 }
 
 /// Where the guest's expansion ROM comes from.
@@ -64,6 +61,32 @@ pub enum RomSource {
 
 /// Bytes read from the ROM region per backend read.
 const ROM_READ_CHUNK: u64 = 64 << 10;
+
+impl From<pci::Error> for Error {
+    fn from(e: pci::Error) -> Self {
+        Error::Bars(e)
+    }
+}
+
+impl From<crate::msix::Error> for Error {
+    fn from(e: crate::msix::Error) -> Self {
+        Error::Msix(e)
+    }
+}
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        match self {
+            Error::NoConfigRegion => diag::Advice::new(
+                "the VFIO device has no PCI config space region",
+                "pass through a PCI device (or a PCI mdev) with vfio-pci",
+            ),
+            Error::Bars(e) => e.advice(),
+            Error::Msix(e) => e.advice(),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// The guest changed an interrupt capability; the VMM re-reads the state and reroutes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

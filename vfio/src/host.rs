@@ -25,19 +25,15 @@ ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO_TYPE as u32, VFIO_BASE + 7);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO_TYPE as u32, VFIO_BASE + 11);
 
 /// Host VFIO errors; each says what to do.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// sysfs says the device cannot be used (no group, wrong driver, group not viable).
-    #[error(transparent)]
-    Sysfs(#[from] crate::sysfs::Error),
+    Sysfs(crate::sysfs::Error),
     /// `/dev/vfio/vfio` is missing.
-    #[error("no /dev/vfio/vfio: the vfio-pci driver is not loaded; run modprobe vfio-pci")]
     NoVfio,
     /// The container cannot be opened for another reason.
-    #[error("cannot open /dev/vfio/vfio: {0}; check that VFIO works on this host")]
     Container(String),
     /// `/dev/vfio/N` is missing.
-    #[error("no /dev/vfio/{group} for {device}: bind it to vfio-pci (echo vfio-pci > /sys/bus/pci/devices/{device}/driver_override; echo {device} > /sys/bus/pci/drivers_probe)")]
     NoGroupNode {
         /// Group number.
         group: u32,
@@ -45,7 +41,6 @@ pub enum Error {
         device: String,
     },
     /// Permission denied on a VFIO node.
-    #[error("permission denied opening /dev/vfio/{group} for {device}: run vmm as root or give your user the group node (chown $USER /dev/vfio/{group})")]
     Permission {
         /// Group number.
         group: u32,
@@ -53,7 +48,6 @@ pub enum Error {
         device: String,
     },
     /// Another process holds the group or device.
-    #[error("{device} (IOMMU group {group}) is busy: another process (a VMM or a host driver user) holds it; stop that process first")]
     Busy {
         /// Group number.
         group: u32,
@@ -61,7 +55,6 @@ pub enum Error {
         device: String,
     },
     /// Anything else vfio-ioctls reported while opening.
-    #[error("cannot open VFIO device {device}: {reason}")]
     Open {
         /// Device name.
         device: String,
@@ -69,7 +62,6 @@ pub enum Error {
         reason: String,
     },
     /// DMA mapping of guest RAM failed.
-    #[error("cannot map guest memory for device DMA at {iova:#x}+{size:#x}: {reason}; check RLIMIT_MEMLOCK (ulimit -l) and free host memory")]
     DmaMap {
         /// Guest physical address.
         iova: u64,
@@ -79,7 +71,6 @@ pub enum Error {
         reason: String,
     },
     /// RLIMIT_MEMLOCK lower than the guest RAM that must be pinned.
-    #[error("the locked-memory limit is {limit_kib} KiB but all {needed_mib} MiB of guest RAM must be pinned for device DMA: raise it to {needed_kib} KiB or more (ulimit -l {needed_kib}, LimitMEMLOCK= for a systemd unit, or memlock in /etc/security/limits.conf), or run as root")]
     Memlock {
         /// Current soft limit, KiB.
         limit_kib: u64,
@@ -90,18 +81,74 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The message in two parts, what is wrong and what to do, for reports that show them
-    /// apart (`vmm check`): split at the first ": " (sysfs errors split their own way).
-    pub fn problem_and_fix(&self) -> (String, String) {
-        if let Error::Sysfs(e) = self {
-            return e.problem_and_fix();
-        }
-        let msg = self.to_string();
-        let at = msg.find(": ");
-        crate::sysfs::split_message(msg, at)
+impl From<crate::sysfs::Error> for Error {
+    fn from(e: crate::sysfs::Error) -> Self {
+        Error::Sysfs(e)
     }
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Sysfs(e) => e.advice(),
+            Error::NoVfio => Advice::new(
+                "no /dev/vfio/vfio: the vfio-pci driver is not loaded",
+                "run modprobe vfio-pci",
+            ),
+            Error::Container(reason) => Advice::new(
+                format!("cannot open /dev/vfio/vfio: {reason}"),
+                "check that VFIO works on this host",
+            ),
+            Error::NoGroupNode { group, device } => Advice::new(
+                format!("no /dev/vfio/{group} for {device}"),
+                format!(
+                    "bind it to vfio-pci (echo vfio-pci > \
+                     /sys/bus/pci/devices/{device}/driver_override; \
+                     echo {device} > /sys/bus/pci/drivers_probe)"
+                ),
+            ),
+            Error::Permission { group, device } => Advice::new(
+                format!("permission denied opening /dev/vfio/{group} for {device}"),
+                format!(
+                    "run vmm as root or give your user the group node \
+                     (chown $USER /dev/vfio/{group})"
+                ),
+            ),
+            Error::Busy { group, device } => Advice::new(
+                format!(
+                    "{device} (IOMMU group {group}) is busy: another process (a VMM or a host \
+                     driver user) holds it"
+                ),
+                "stop that process first",
+            ),
+            Error::Open { device, reason } => Advice::new(
+                format!("cannot open VFIO device {device}: {reason}"),
+                "check dmesg for what the kernel's VFIO reported",
+            ),
+            Error::DmaMap { iova, size, reason } => Advice::new(
+                format!("cannot map guest memory for device DMA at {iova:#x}+{size:#x}: {reason}"),
+                "check RLIMIT_MEMLOCK (ulimit -l) and free host memory",
+            ),
+            Error::Memlock {
+                limit_kib,
+                needed_mib,
+                needed_kib,
+            } => Advice::new(
+                format!(
+                    "the locked-memory limit is {limit_kib} KiB but all {needed_mib} MiB of guest \
+                     RAM must be pinned for device DMA"
+                ),
+                format!(
+                    "raise it to {needed_kib} KiB or more (ulimit -l {needed_kib}, \
+                     LimitMEMLOCK= for a systemd unit, or memlock in \
+                     /etc/security/limits.conf), or run as root"
+                ),
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// An open device: the vfio-ioctls device plus what it does not expose.
 pub struct HostDevice {
@@ -151,15 +198,15 @@ impl HostDevice {
     /// Maps `len` bytes at `offset` of region `index` into our address space (shared,
     /// read/write), for a KVM memory slot and DMA from other devices.
     ///
-    /// One contiguous range made of adjacent mappings of at most [`MMAP_CHUNK`]: vfio-pci up to
-    /// Linux 6.11 fills the page tables of a whole mapping on its first fault (and again after
+    /// One contiguous range made of adjacent mappings of at most [`MMAP_CHUNK`]: vfio-pci in
+    /// Linux 6.1 fills the page tables of a whole mapping on its first fault (and again after
     /// every memory-decode toggle), which for a 128 GiB BAR is 32 Mi page-table entries for one
     /// guest access. Mappings of special memory are never merged, so each chunk faults on its
     /// own. The range is aligned to min(`len`, 1 GiB) so that kernels that map BARs with huge
     /// page-table entries can.
     pub fn mmap(&self, index: u32, offset: u64, len: u64) -> std::io::Result<MmapArea> {
         let at = self.checked(index, offset, len as usize)?;
-        let area = MmapArea::reserve(len as usize, len.min(MMAP_CHUNK) as usize)?;
+        let area = MmapArea::reserve(len as usize, len.min(MMAP_ALIGN) as usize)?;
         let mut done = 0;
         while done < len {
             let n = (len - done).min(MMAP_CHUNK);
@@ -316,8 +363,11 @@ impl Drop for MmapArea {
     }
 }
 
-/// Most bytes of a BAR one mmap covers (see [`HostDevice::mmap`]).
-pub const MMAP_CHUNK: u64 = 1 << 30;
+/// Most bytes of a BAR one mmap covers (see [`HostDevice::mmap`]): what Linux 6.1 fills
+/// the page tables of on one fault (65536 entries).
+pub const MMAP_CHUNK: u64 = 256 << 20;
+/// Alignment of a BAR's mapping when it is at least this large.
+const MMAP_ALIGN: u64 = 1 << 30;
 
 /// DMA maps and unmaps in the VM's container, for the code that keeps BARs mapped for
 /// peer-to-peer DMA; holds the container open.
@@ -550,36 +600,39 @@ mod tests {
         assert_eq!(
             e,
             "the locked-memory limit is 64 KiB but all 512 MiB of guest RAM must be pinned for \
-             device DMA: raise it to 524288 KiB or more (ulimit -l 524288, LimitMEMLOCK= for a \
+             device DMA; raise it to 524288 KiB or more (ulimit -l 524288, LimitMEMLOCK= for a \
              systemd unit, or memlock in /etc/security/limits.conf), or run as root"
         );
     }
 
     #[test]
     fn problem_and_fix_apart() {
+        use diag::Explain;
         let (group, device) = (3, "0000:00:03.0".to_string());
-        let (problem, fix) = Error::Permission {
+        let a = Error::Permission {
             group,
             device: device.clone(),
         }
-        .problem_and_fix();
+        .advice();
         assert_eq!(
-            problem,
+            a.problem,
             "permission denied opening /dev/vfio/3 for 0000:00:03.0"
         );
-        assert!(fix.starts_with("run vmm as root or "), "{fix}");
-        let (problem, fix) = Error::NoGroupNode { group, device }.problem_and_fix();
-        assert_eq!(problem, "no /dev/vfio/3 for 0000:00:03.0");
-        assert!(fix.starts_with("bind it to vfio-pci ("), "{fix}");
-        let (problem, fix) = MemlockLimit::Bytes(64 << 10)
-            .check(1 << 30)
-            .unwrap_err()
-            .problem_and_fix();
+        assert!(a.fix.starts_with("run vmm as root or "), "{a:?}");
+        let a = Error::NoGroupNode { group, device }.advice();
+        assert_eq!(a.problem, "no /dev/vfio/3 for 0000:00:03.0");
+        assert!(a.fix.starts_with("bind it to vfio-pci ("), "{a:?}");
+        let e = MemlockLimit::Bytes(64 << 10).check(1 << 30).unwrap_err();
+        let a = e.advice();
         assert!(
-            problem.ends_with("must be pinned for device DMA"),
-            "{problem}"
+            a.problem.ends_with("must be pinned for device DMA"),
+            "{a:?}"
         );
-        assert!(fix.starts_with("raise it to 1048576 KiB or more"), "{fix}");
+        assert!(
+            a.fix.starts_with("raise it to 1048576 KiB or more"),
+            "{a:?}"
+        );
+        assert_eq!(e.to_string(), format!("{}; {}", a.problem, a.fix));
     }
 
     #[test]

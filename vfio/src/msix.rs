@@ -26,12 +26,9 @@ const VECTOR_MASKED: u32 = 1;
 const CAP_DWORDS: usize = 3;
 
 /// Errors decoding the device's MSI-X capability.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// A BAR indicator of 6 or 7 (reserved).
-    #[error(
-        "the device's MSI-X {what} names reserved BAR indicator {bir}: it cannot be passed through"
-    )]
     Bir {
         /// "table" or "PBA".
         what: &'static str,
@@ -39,6 +36,18 @@ pub enum Error {
         bir: u8,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        match self {
+            Error::Bir { what, bir } => diag::Advice::new(
+                format!("the device's MSI-X {what} names reserved BAR indicator {bir}"),
+                "this device cannot be passed through: its MSI-X capability is broken",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// One table entry as the guest programmed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,43 +31,37 @@ const BIND_HINT: &str = "echo vfio-pci > /sys/bus/pci/devices/DEV/driver_overrid
                          echo DEV > /sys/bus/pci/drivers_probe";
 
 /// Errors reading the IOMMU group model from sysfs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// A PCI address with no device under `<root>/bus/pci/devices`.
-    #[error("no device {address} in {}: check the address with lspci -D", dir.display())]
     NoSuchDevice {
         /// The address as given.
         address: String,
         /// The directory it was looked up in.
         dir: PathBuf,
     },
-    /// A path that is not a device directory under the sysfs root.
-    #[error(
-        "no device at {}: give a PCI address (lspci -D) or a device path under {} \
-         (ls {1}/bus/pci/devices or ls {1}/bus/mdev/devices)",
-        path.display(), root.display()
-    )]
+    /// A path that is not a directory under the sysfs root.
     NoSuchPath {
         /// The path as given.
         path: PathBuf,
         /// The sysfs root.
         root: PathBuf,
     },
+    /// A directory under the sysfs root that is neither a PCI device nor an mdev.
+    NotADevice {
+        /// The path as given.
+        path: PathBuf,
+        /// The bus it belongs to (its `subsystem` link), if any.
+        subsystem: Option<String>,
+        /// The sysfs root.
+        root: PathBuf,
+    },
     /// The device has no `iommu_group` link.
-    #[error(
-        "device {device} has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on \
-         on the host kernel command line) and load vfio-pci (modprobe vfio-pci)"
-    )]
     NoIommuGroup {
         /// The device's name.
         device: String,
     },
     /// No `<root>/kernel/iommu_groups/N/devices` directory.
-    #[error(
-        "IOMMU group {group} does not exist ({} is missing): list the groups with \
-         ls /sys/kernel/iommu_groups",
-        dir.display()
-    )]
     NoSuchGroup {
         /// The group number.
         group: u32,
@@ -75,11 +69,6 @@ pub enum Error {
         dir: PathBuf,
     },
     /// Some member of the group is bound to a host driver.
-    #[error(
-        "IOMMU group {group} is not viable: {}; bind every device of the group to vfio-pci \
-         ({BIND_HINT}) or pass them all through",
-        describe_blockers(blockers)
-    )]
     NotViable {
         /// The group number.
         group: u32,
@@ -87,7 +76,6 @@ pub enum Error {
         blockers: Vec<(String, String)>,
     },
     /// The device itself is not bound to vfio-pci.
-    #[error("{}", describe_not_vfio(device, driver.as_deref()))]
     NotVfioBound {
         /// The device's name.
         device: String,
@@ -95,11 +83,6 @@ pub enum Error {
         driver: Option<String>,
     },
     /// A sysfs file or link holds something the kernel would not write.
-    #[error(
-        "unexpected contents in {}: {content:?}: this is not a kernel sysfs tree; \
-         check what is mounted at /sys",
-        path.display()
-    )]
     Malformed {
         /// The file or link.
         path: PathBuf,
@@ -107,10 +90,6 @@ pub enum Error {
         content: String,
     },
     /// Reading sysfs failed.
-    #[error(
-        "cannot read {}: {source}: check that sysfs is mounted and readable (run as root)",
-        path.display()
-    )]
     Io {
         /// The file, link or directory.
         path: PathBuf,
@@ -119,26 +98,77 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// The message in two parts, what is wrong and what to do, for reports that show them
-    /// apart (`vmm check`). Every message is the two joined by ": " (by "; " for
-    /// [`Error::NotViable`], whose problem part lists the members in the way).
-    pub fn problem_and_fix(&self) -> (String, String) {
-        let msg = self.to_string();
-        let at = match self {
-            Error::NotViable { .. } => msg.find("; "),
-            _ => msg.rfind(": "),
-        };
-        split_message(msg, at)
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::NoSuchDevice { address, dir } => Advice::new(
+                format!("no device {address} in {}", dir.display()),
+                "check the address with lspci -D",
+            ),
+            Error::NoSuchPath { path, root } => Advice::new(
+                format!("no device at {}", path.display()),
+                device_path_fix(root),
+            ),
+            Error::NotADevice {
+                path,
+                subsystem,
+                root,
+            } => Advice::new(
+                match subsystem {
+                    Some(bus) => format!(
+                        "{} is a {bus} device, not a PCI device or an mdev",
+                        path.display()
+                    ),
+                    None => format!(
+                        "{} is not a device directory (it has no subsystem link)",
+                        path.display()
+                    ),
+                },
+                device_path_fix(root),
+            ),
+            Error::NoIommuGroup { device } => Advice::new(
+                format!("device {device} has no IOMMU group"),
+                "enable the IOMMU (intel_iommu=on or amd_iommu=on on the host kernel command \
+                 line) and load vfio-pci (modprobe vfio-pci)",
+            ),
+            Error::NoSuchGroup { group, dir } => Advice::new(
+                format!(
+                    "IOMMU group {group} does not exist ({} is missing)",
+                    dir.display()
+                ),
+                "list the groups with ls /sys/kernel/iommu_groups",
+            ),
+            Error::NotViable { group, blockers } => Advice::new(
+                format!(
+                    "IOMMU group {group} is not viable: {}",
+                    describe_blockers(blockers)
+                ),
+                format!(
+                    "bind every device of the group to vfio-pci ({BIND_HINT}) or pass them all \
+                     through"
+                ),
+            ),
+            Error::NotVfioBound { device, driver } => not_vfio(device, driver.as_deref()),
+            Error::Malformed { path, content } => Advice::new(
+                format!("unexpected contents in {}: {content:?}", path.display()),
+                "this is not a kernel sysfs tree; check what is mounted at /sys",
+            ),
+            Error::Io { path, source } => Advice::new(
+                format!("cannot read {}: {source}", path.display()),
+                "check that sysfs is mounted and readable (run as root)",
+            ),
+        }
     }
 }
+diag::explained!(Error);
 
-/// `msg` split around the two-byte separator at `at`; all problem when there is none.
-pub(crate) fn split_message(msg: String, at: Option<usize>) -> (String, String) {
-    match at {
-        Some(i) => (msg[..i].to_string(), msg[i + 2..].to_string()),
-        None => (msg, String::new()),
-    }
+fn device_path_fix(root: &Path) -> String {
+    format!(
+        "give a PCI address (lspci -D) or a device path under {0} \
+         (ls {0}/bus/pci/devices or ls {0}/bus/mdev/devices)",
+        root.display()
+    )
 }
 
 fn describe_blockers(blockers: &[(String, String)]) -> String {
@@ -150,17 +180,20 @@ fn describe_blockers(blockers: &[(String, String)]) -> String {
     out
 }
 
-fn describe_not_vfio(device: &str, driver: Option<&str>) -> String {
+fn not_vfio(device: &str, driver: Option<&str>) -> diag::Advice {
     let override_ = format!("echo vfio-pci > /sys/bus/pci/devices/{device}/driver_override");
     let probe = format!("echo {device} > /sys/bus/pci/drivers_probe");
     match driver {
-        Some(d) => format!(
-            "device {device} is bound to {d}, not vfio-pci: modprobe vfio-pci; {override_}; \
-             echo {device} > /sys/bus/pci/drivers/{d}/unbind; {probe}"
+        Some(d) => diag::Advice::new(
+            format!("device {device} is bound to {d}, not vfio-pci"),
+            format!(
+                "modprobe vfio-pci; {override_}; echo {device} > /sys/bus/pci/drivers/{d}/unbind; \
+                 {probe}"
+            ),
         ),
-        None => format!(
-            "device {device} is bound to no driver, not vfio-pci: modprobe vfio-pci; \
-             {override_}; {probe}"
+        None => diag::Advice::new(
+            format!("device {device} is bound to no driver, not vfio-pci"),
+            format!("modprobe vfio-pci; {override_}; {probe}"),
         ),
     }
 }
@@ -250,12 +283,23 @@ impl Sysfs {
         })
     }
 
+    /// A directory under the root that is a PCI device or an mdev (its `subsystem` link
+    /// says which bus it is on).
     fn path_device(&self, path: &Path) -> Result<SysfsDevice, Error> {
-        self.resolve(&self.reroot(path))
+        let dev = self
+            .resolve(&self.reroot(path))
             .ok_or_else(|| Error::NoSuchPath {
                 path: path.to_path_buf(),
                 root: self.root.clone(),
-            })
+            })?;
+        match read_link_name(&dev.path.join("subsystem"))? {
+            Some(bus) if bus == "pci" || bus == "mdev" => Ok(dev),
+            subsystem => Err(Error::NotADevice {
+                path: path.to_path_buf(),
+                subsystem,
+                root: self.root.clone(),
+            }),
+        }
     }
 
     /// Maps `/sys/...` onto the root; paths already under the root are kept.
@@ -452,6 +496,7 @@ mod tests {
             let dev = format!("devices/{parent}/{name}");
             std::fs::create_dir_all(self.root.join(&dev)).unwrap();
             self.link(&format!("bus/{bus}/devices/{name}"), &dev);
+            self.link(&format!("{dev}/subsystem"), &format!("bus/{bus}"));
             if let Some(g) = group {
                 let gdir = format!("kernel/iommu_groups/{g}");
                 self.link(&format!("{gdir}/devices/{name}"), &dev);
@@ -523,7 +568,7 @@ mod tests {
         let msg = sysfs.require_group(&dev).unwrap_err().to_string();
         assert_eq!(
             msg,
-            "device 0000:00:03.0 has no IOMMU group: enable the IOMMU (intel_iommu=on or \
+            "device 0000:00:03.0 has no IOMMU group; enable the IOMMU (intel_iommu=on or \
              amd_iommu=on on the host kernel command line) and load vfio-pci (modprobe vfio-pci)"
         );
     }
@@ -651,7 +696,7 @@ mod tests {
         let err = fake.sysfs().device("0000:00:09.0").unwrap_err();
         let dir = fake.root.join("bus/pci/devices");
         let want = format!(
-            "no device 0000:00:09.0 in {}: check the address with lspci -D",
+            "no device 0000:00:09.0 in {}; check the address with lspci -D",
             dir.display()
         );
         assert_eq!(err.to_string(), want);
@@ -660,7 +705,7 @@ mod tests {
             dir: PathBuf::from("/sys/bus/pci/devices"),
         };
         let want =
-            "no device 0000:00:09.0 in /sys/bus/pci/devices: check the address with lspci -D";
+            "no device 0000:00:09.0 in /sys/bus/pci/devices; check the address with lspci -D";
         assert_eq!(prod.to_string(), want);
     }
 
@@ -678,13 +723,13 @@ mod tests {
             assert!(matches!(err, Error::NoSuchPath { .. }), "{bad}: {err}");
             assert!(err
                 .to_string()
-                .starts_with(&format!("no device at {bad}: ")));
+                .starts_with(&format!("no device at {bad}; ")));
         }
         let prod = Error::NoSuchPath {
             path: PathBuf::from("/sys/bus/mdev/devices/x"),
             root: PathBuf::from(SYSFS_ROOT),
         };
-        let want = "no device at /sys/bus/mdev/devices/x: give a PCI address (lspci -D) or a \
+        let want = "no device at /sys/bus/mdev/devices/x; give a PCI address (lspci -D) or a \
              device path under /sys (ls /sys/bus/pci/devices or ls /sys/bus/mdev/devices)";
         assert_eq!(prod.to_string(), want);
         // A regular file under the root is not a device directory either.
@@ -705,7 +750,7 @@ mod tests {
         sysfs.require_vfio_pci(&vfio).unwrap();
         assert_eq!(sysfs.driver_of(&dev("0000:00:06.0")).unwrap(), None);
         let msg = sysfs.require_vfio_pci(&dev("0000:00:04.0")).unwrap_err();
-        let want = "device 0000:00:04.0 is bound to e1000e, not vfio-pci: modprobe vfio-pci; \
+        let want = "device 0000:00:04.0 is bound to e1000e, not vfio-pci; modprobe vfio-pci; \
              echo vfio-pci > /sys/bus/pci/devices/0000:00:04.0/driver_override; \
              echo 0000:00:04.0 > /sys/bus/pci/drivers/e1000e/unbind; \
              echo 0000:00:04.0 > /sys/bus/pci/drivers_probe";
@@ -727,45 +772,80 @@ mod tests {
 
     #[test]
     fn problem_and_fix_apart() {
+        use diag::Explain;
         let fake = bridge_group("pcieport", ["vfio-pci", "uio_pci_generic"]);
         let sysfs = fake.sysfs();
-        let (problem, fix) = sysfs.check_viable(5).unwrap_err().problem_and_fix();
+        let err = sysfs.check_viable(5).unwrap_err();
+        let advice = err.advice();
         assert_eq!(
-            problem,
+            advice.problem,
             "IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic"
         );
         assert!(
-            fix.starts_with("bind every device of the group to vfio-pci ("),
-            "{fix}"
+            advice
+                .fix
+                .starts_with("bind every device of the group to vfio-pci ("),
+            "{advice:?}"
+        );
+        assert_eq!(
+            format!("{}; {}", advice.problem, advice.fix),
+            err.to_string()
         );
         let err = sysfs
             .require_vfio_pci(&sysfs.device("0000:00:05.0").unwrap())
             .unwrap_err();
-        let (problem, fix) = err.problem_and_fix();
+        let advice = err.advice();
         assert_eq!(
-            problem,
+            advice.problem,
             "device 0000:00:05.0 is bound to pcieport, not vfio-pci"
         );
-        assert_eq!(format!("{problem}: {fix}"), err.to_string());
-        assert!(fix.starts_with("modprobe vfio-pci; "), "{fix}");
+        assert!(advice.fix.starts_with("modprobe vfio-pci; "), "{advice:?}");
         let io = Error::Io {
             path: "/sys/x".into(),
             source: io::Error::from_raw_os_error(libc::EACCES),
         };
-        let (problem, fix) = io.problem_and_fix();
-        assert!(problem.starts_with("cannot read /sys/x: "), "{problem}");
-        assert!(fix.starts_with("check that sysfs is mounted"), "{fix}");
-        for err in [
-            Error::NoIommuGroup { device: "d".into() },
-            Error::NoSuchDevice {
-                address: "0000:00:09.0".into(),
-                dir: "/sys/bus/pci/devices".into(),
-            },
-        ] {
-            let (problem, fix) = err.problem_and_fix();
-            assert_eq!(format!("{problem}: {fix}"), err.to_string());
-            assert!(!fix.contains(": "), "{fix}");
-        }
+        let advice = io.advice();
+        assert!(
+            advice
+                .problem
+                .starts_with("cannot read /sys/x: Permission denied"),
+            "{advice:?}"
+        );
+        assert!(
+            advice.fix.starts_with("check that sysfs is mounted"),
+            "{advice:?}"
+        );
+    }
+
+    #[test]
+    fn directories_that_are_not_devices() {
+        let fake = single(Some(3), "vfio-pci");
+        std::fs::create_dir_all(fake.root.join("kernel/mm")).unwrap();
+        let sysfs = fake.sysfs();
+        let err = sysfs.device("/sys/kernel/mm").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotADevice {
+                    subsystem: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .starts_with("/sys/kernel/mm is not a device directory (it has no subsystem link); give a PCI address"),
+            "{err}"
+        );
+        fake.device("usb", "pci0000:00/0000:00:03.0", "usb1", None);
+        let err = sysfs.device("/sys/bus/usb/devices/usb1").unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "/sys/bus/usb/devices/usb1 is a usb device, not a PCI device or an mdev; "
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,12 +3,15 @@
 
 use crate::config::VmConfig;
 use crate::console::GuestSerial;
+use crate::images::{BootImages, Initrd};
 use crate::vcpu::Vcpu;
-use arch::boot::{self, BootData, InitrdPlacement};
+use arch::boot::{self, BootData};
+use arch::kernel::{Format, Image};
 use arch::regs::Entry;
 use arch::GuestMemoryMmap;
 use devices::acpi_pm::AcpiPm;
 use devices::debug_exit::DebugExit;
+use devices::ged::{Ged, GedAml, GED_SIZE};
 use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::{Bus, GuestExit};
@@ -17,38 +20,20 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
-use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
-use linux_loader::loader::elf::{Elf, PvhBootCapability};
-use linux_loader::loader::{load_cmdline, KernelLoader};
+use linux_loader::loader::elf::Elf;
+use linux_loader::loader::KernelLoader;
 use resources::layout::*;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Why a VM could not be built. Each message names the problem and the fix.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
-    /// A file given on the command line cannot be read.
-    #[error("cannot read {what} '{path}': {source}; check --{what}")]
-    File {
-        /// "kernel" or "initramfs".
-        what: &'static str,
-        /// The path given.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The kernel file is neither a bzImage nor an ELF.
-    #[error("'{0}' is not a Linux kernel (neither a bzImage nor an ELF vmlinux); check --kernel")]
-    NotAKernel(String),
-    /// A bzImage without the 64-bit entry point.
-    #[error("'{0}' is a bzImage without the 64-bit boot protocol (boot protocol 2.12+ with XLF_KERNEL_64); use an x86_64 kernel")]
-    Not64Bit(String),
-    /// The loader rejected the kernel.
-    #[error("cannot load kernel '{path}': {source}")]
+    /// The kernel or initramfs is not usable.
+    Images(crate::images::Error),
+    /// The loader rejected the kernel after its header passed.
     Load {
         /// The kernel path.
         path: String,
@@ -56,13 +41,8 @@ pub enum Error {
         source: linux_loader::loader::Error,
     },
     /// Boot data did not fit.
-    #[error(transparent)]
-    Boot(#[from] boot::Error),
-    /// The command line is not acceptable to the kernel.
-    #[error("bad --cmdline: {0}; use printable ASCII up to {CMDLINE_MAX_SIZE} bytes")]
-    Cmdline(linux_loader::cmdline::Error),
+    Boot(boot::Error),
     /// More RAM than the host has.
-    #[error("--memory {asked_mib} MiB is more than this host's {host_mib} MiB of RAM; choose a smaller --memory")]
     HostMemory {
         /// Asked for.
         asked_mib: u64,
@@ -70,10 +50,8 @@ pub enum Error {
         host_mib: u64,
     },
     /// mmap of guest RAM failed.
-    #[error(transparent)]
-    GuestMemory(#[from] crate::memory::Error),
+    GuestMemory(crate::memory::Error),
     /// /dev/kvm cannot be opened.
-    #[error("cannot open /dev/kvm: {source}; {hint}")]
     KvmOpen {
         /// The open error.
         source: kvm_ioctls::Error,
@@ -81,7 +59,6 @@ pub enum Error {
         hint: &'static str,
     },
     /// Too many vCPUs for this host's KVM.
-    #[error("--cpus {asked}: this host's KVM allows at most {max} vCPUs")]
     TooManyCpus {
         /// Asked for.
         asked: u8,
@@ -89,7 +66,6 @@ pub enum Error {
         max: usize,
     },
     /// A KVM VM-level call failed.
-    #[error("KVM: cannot {what}: {source}")]
     Kvm {
         /// What we were doing.
         what: &'static str,
@@ -97,13 +73,10 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// vCPU register setup failed.
-    #[error(transparent)]
-    Regs(#[from] arch::regs::Error),
+    Regs(arch::regs::Error),
     /// ACPI tables did not fit or could not be written.
-    #[error("cannot write ACPI tables: {0}")]
-    Acpi(#[from] arch::acpi::Error),
+    Acpi(arch::acpi::Error),
     /// An eventfd or similar OS resource failed.
-    #[error("cannot create {what}: {source}")]
     Os {
         /// What.
         what: &'static str,
@@ -111,13 +84,10 @@ pub enum Error {
         source: std::io::Error,
     },
     /// Device ranges collided (a bug, not user input).
-    #[error("device layout: {0}")]
-    Bus(#[from] devices::bus::Error),
+    Bus(devices::bus::Error),
     /// A passed-through device could not be attached.
-    #[error(transparent)]
-    Passthrough(#[from] crate::passthrough::Error),
+    Passthrough(crate::passthrough::Error),
     /// `phys-bits=` wider than KVM allows.
-    #[error("--memory ...,phys-bits={asked}: this host's KVM allows guests at most {max} physical address bits; give phys-bits={max} or less, or leave it out")]
     PhysBits {
         /// Asked for.
         asked: u8,
@@ -125,6 +95,65 @@ pub enum Error {
         max: u8,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Images(e) => e.advice(),
+            Error::Load { path, source } => Advice::new(
+                format!("cannot load --kernel {path}: {source}"),
+                "give an x86_64 Linux bzImage or ELF vmlinux",
+            ),
+            Error::Boot(e) => e.advice(),
+            Error::HostMemory {
+                asked_mib,
+                host_mib,
+            } => Advice::new(
+                format!("--memory {asked_mib} MiB is more than this host's {host_mib} MiB of RAM"),
+                "choose a smaller --memory",
+            ),
+            Error::GuestMemory(e) => e.advice(),
+            Error::KvmOpen { source, hint } => {
+                Advice::new(format!("cannot open /dev/kvm: {source}"), *hint)
+            }
+            Error::TooManyCpus { asked, max } => Advice::new(
+                format!("--cpus {asked}: this host's KVM allows at most {max} vCPUs"),
+                format!("use --cpus {max} or fewer"),
+            ),
+            Error::Kvm { what, source } => Advice::new(
+                format!("KVM: cannot {what}: {source}"),
+                "check that KVM works on this host (dmesg)",
+            ),
+            Error::Regs(e) => e.advice(),
+            Error::Acpi(e) => e.advice(),
+            Error::Os { what, source } => Advice::new(
+                format!("cannot create {what}: {source}"),
+                "check the process's limits (ulimit -n) and free memory",
+            ),
+            Error::Bus(e) => e.advice(),
+            Error::Passthrough(e) => e.advice(),
+            Error::PhysBits { asked, max } => Advice::new(
+                format!(
+                    "--memory ...,phys-bits={asked}: this host's KVM allows guests at most {max} \
+                     physical address bits"
+                ),
+                format!("give phys-bits={max} or less, or leave it out"),
+            ),
+        }
+    }
+}
+diag::explained!(Error);
+
+diag::wrap!(Error:
+    Images(crate::images::Error),
+    Boot(boot::Error),
+    GuestMemory(crate::memory::Error),
+    Regs(arch::regs::Error),
+    Acpi(arch::acpi::Error),
+    Bus(devices::bus::Error),
+    Passthrough(crate::passthrough::Error),
+);
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
@@ -154,16 +183,20 @@ pub struct Vm {
     pub mmio: Arc<Bus>,
     /// vCPU exits by kind.
     pub exits: Arc<crate::stats::ExitCounts>,
+    /// The ACPI Generic Event Device (power button, PCI slot events).
+    pub ged: Arc<Mutex<Ged>>,
 }
 
-/// Builds the VM described by `cfg`.
-pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
-    let mut kernel = open_file("kernel", &cfg.kernel)?;
-    let initrd = match &cfg.initramfs {
-        Some(path) => Some(open_file("initramfs", path)?),
-        None => None,
-    };
+/// Opens and judges what the guest boots, and checks `--memory` against the host, before
+/// anything is set up (and before `managed=on` devices move).
+pub fn prepare(cfg: &VmConfig) -> Result<BootImages, Error> {
+    let images = crate::images::open(cfg)?;
     check_host_memory(cfg.memory.size)?;
+    Ok(images)
+}
+
+/// Builds the VM described by `cfg`, booting `images` (from [`prepare`]).
+pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
     if usize::from(cfg.cpus) > max {
@@ -188,6 +221,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     let serial = attach_legacy_devices(&vm, &pio, &exit, cfg)?;
 
     let mmio = Arc::new(Bus::new());
+    let ged = attach_ged(&vm, &mmio)?;
     let setup = crate::passthrough::Setup {
         vm: &vm,
         memory: &memory,
@@ -201,7 +235,7 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
     let passthrough = crate::passthrough::attach(&setup, &cfg.devices)?;
 
     log::debug!("devices attached");
-    let entry = load_guest(&memory, cfg, &mut kernel, initrd)?;
+    let entry = load_guest(&memory, cfg, images)?;
     log::debug!("kernel and initramfs loaded");
     write_acpi_tables(&memory, cfg, &passthrough.windows)?;
     arch::regs::write_boot_tables(&memory)?;
@@ -232,31 +266,19 @@ pub fn build(cfg: &VmConfig) -> Result<Vm, Error> {
         pio,
         mmio,
         exits,
+        ged,
     })
 }
 
-/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
-struct GuestCpuid {
-    supported: CpuId,
-    guest: CpuId,
-}
-
-/// The CPUID vCPUs start from and the guest's physical address width.
-fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("read the supported CPUID"))?;
-    let max = arch::cpuid::phys_bits(&supported);
-    let mut guest = supported.clone();
-    let bits = match cfg.memory.phys_bits {
-        Some(asked) if asked > max => return Err(Error::PhysBits { asked, max }),
-        Some(asked) => {
-            arch::cpuid::limit_phys_bits(&mut guest, asked);
-            asked
-        }
-        None => max,
-    };
-    Ok((GuestCpuid { supported, guest }, bits))
+/// The ACPI Generic Event Device: the power button (and PCI slot events), its interrupt
+/// wired to a KVM irqfd.
+fn attach_ged(vm: &VmFd, mmio: &Bus) -> Result<Arc<Mutex<Ged>>, Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("GED eventfd"))?;
+    vm.register_irqfd(&irq, GED_GSI)
+        .map_err(kvm_err("wire the GED interrupt"))?;
+    let ged = Arc::new(Mutex::new(Ged::new(irq)));
+    mmio.insert_named("ged", ged.clone(), GED_START, GED_SIZE)?;
+    Ok(ged)
 }
 
 /// ACPI tables, with the PCI host bridge and MCFG.
@@ -268,24 +290,14 @@ fn write_acpi_tables(
     use arch::acpi::{AcpiConfig, AcpiTables, OEM_ID, OEM_REVISION};
     let mut tables = AcpiTables::new(&AcpiConfig { num_cpus: cfg.cpus })?;
     tables.add_dsdt_aml(&pci::dsdt_aml(windows));
+    tables.add_dsdt_aml(&GedAml {
+        base: GED_START,
+        gsi: GED_GSI,
+        pci_hotplug: false,
+    });
     tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
     tables.write_to_guest(memory)?;
     Ok(())
-}
-
-fn open_file(what: &'static str, path: &Path) -> Result<File, Error> {
-    let file_err = |source| Error::File {
-        what,
-        path: path.display().to_string(),
-        source,
-    };
-    let file = File::open(path).map_err(file_err)?;
-    if file.metadata().map_err(file_err)?.is_dir() {
-        return Err(file_err(std::io::Error::from(
-            std::io::ErrorKind::IsADirectory,
-        )));
-    }
-    Ok(file)
 }
 
 /// Refuses more RAM than the host has at all (a later OOM kill helps nobody).
@@ -367,18 +379,23 @@ fn attach_legacy_devices(
     // The irqfd holds its own reference to the eventfd; the UART keeps the other end.
     drop(irq);
     let serial = Arc::new(Mutex::new(serial));
-    pio.insert_named("com1", serial.clone(), u64::from(COM1_PORT), 8)?;
+    pio.insert_named(
+        "com1",
+        serial.clone(),
+        u64::from(COM1_PORT),
+        u64::from(COM1_PORT_COUNT),
+    )?;
     pio.insert_named(
         "i8042",
         Arc::new(Mutex::new(I8042::new(exit.clone()))),
         u64::from(I8042_PORT),
-        5,
+        u64::from(I8042_PORT_COUNT),
     )?;
     pio.insert_named(
         "acpi-pm",
         Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
         u64::from(ACPI_PM_PORT),
-        2,
+        u64::from(ACPI_PM_PORT_COUNT),
     )?;
     if let Some(port) = cfg.debug_exit {
         pio.insert_named(
@@ -391,92 +408,58 @@ fn attach_legacy_devices(
     Ok(serial)
 }
 
-/// `HdrS` at 0x202 marks a bzImage; `\x7fELF` at 0 an ELF.
-#[derive(Debug, PartialEq, Eq)]
-enum KernelFormat {
-    BzImage,
-    Elf,
-}
-
-fn kernel_format(file: &mut File) -> Option<KernelFormat> {
-    let mut magic = [0u8; 4];
-    let mut at = |offset| {
-        file.seek(SeekFrom::Start(offset)).ok()?;
-        file.read_exact(&mut magic).ok()?;
-        Some(magic)
-    };
-    if at(0x202) == Some(*b"HdrS") {
-        return Some(KernelFormat::BzImage);
-    }
-    (at(0) == Some(*b"\x7fELF")).then_some(KernelFormat::Elf)
-}
-
-const XLF_KERNEL_64: u16 = 1;
-/// Offset of the 64-bit entry point from the start of a bzImage's protected-mode code.
-const BZIMAGE_ENTRY_64: u64 = 0x200;
-
 /// Loads kernel, command line and initramfs, writes the boot structures, and returns how
 /// the boot vCPU enters the kernel.
 fn load_guest(
     memory: &GuestMemoryMmap,
     cfg: &VmConfig,
-    kernel: &mut File,
-    initrd: Option<File>,
+    images: BootImages,
 ) -> Result<Entry, Error> {
-    let path = cfg.kernel.display().to_string();
-    let low_end = ram_ranges(cfg.memory.size)[0].len;
-    let file_len = kernel.metadata().map(|m| m.len()).unwrap_or(0);
-    if HIMEM_START + file_len > low_end {
-        return Err(boot::too_small(HIMEM_START + file_len).into());
-    }
-    let himem = Some(GuestAddress(HIMEM_START));
+    let BootImages {
+        mut kernel,
+        image,
+        initrd,
+    } = images;
     let load_err = |source| Error::Load {
-        path: path.clone(),
+        path: diag::path(&cfg.kernel),
         source,
     };
-    let (entry, header, kernel_end, addr_max) = match kernel_format(kernel) {
-        Some(KernelFormat::BzImage) => {
-            let r = BzImage::load(memory, None, kernel, himem).map_err(load_err)?;
-            let hdr = r.setup_header.expect("bzImage loader returns its header");
-            if hdr.version < 0x20c || hdr.xloadflags & XLF_KERNEL_64 == 0 {
-                return Err(Error::Not64Bit(path));
-            }
-            let rip = r.kernel_load.raw_value() + BZIMAGE_ENTRY_64;
+    let himem = Some(GuestAddress(HIMEM_START));
+    let (entry, header) = match image.format {
+        Format::BzImage => {
+            let r = BzImage::load(memory, None, &mut kernel, himem).map_err(load_err)?;
+            let rip = Image::bzimage_entry(r.kernel_load.raw_value());
             let entry = Entry::Long64 {
                 rip,
                 boot_params: ZERO_PAGE_START,
             };
-            let end = r
-                .kernel_end
-                .max(r.kernel_load.raw_value() + u64::from(hdr.init_size));
-            (entry, Some(hdr), end, u64::from(hdr.initrd_addr_max))
+            (entry, r.setup_header)
         }
-        Some(KernelFormat::Elf) => {
-            let r = Elf::load(memory, None, kernel, himem).map_err(load_err)?;
-            let entry = match r.pvh_boot_cap {
-                PvhBootCapability::PvhEntryPresent(rip) => Entry::Pvh32 {
-                    rip: rip.raw_value(),
-                    start_info: PVH_INFO_START,
-                },
-                _ => Entry::Long64 {
-                    rip: r.kernel_load.raw_value(),
-                    boot_params: ZERO_PAGE_START,
-                },
+        Format::ElfPvh { entry: rip } => {
+            Elf::load(memory, None, &mut kernel, himem).map_err(load_err)?;
+            let entry = Entry::Pvh32 {
+                rip,
+                start_info: PVH_INFO_START,
             };
-            (entry, None, r.kernel_end, u64::from(u32::MAX))
+            (entry, None)
         }
-        None => return Err(Error::NotAKernel(path)),
+        Format::Elf64 { entry: rip } => {
+            Elf::load(memory, None, &mut kernel, himem).map_err(load_err)?;
+            let entry = Entry::Long64 {
+                rip,
+                boot_params: ZERO_PAGE_START,
+            };
+            (entry, None)
+        }
     };
-    if kernel_end > low_end {
-        return Err(boot::too_small(kernel_end).into());
-    }
-
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(Error::Cmdline)?;
-    cmdline.insert_str(&cfg.cmdline).map_err(Error::Cmdline)?;
-    load_cmdline(memory, GuestAddress(CMDLINE_START), &cmdline).map_err(load_err)?;
-
+    // Checked against the kernel's limit by images::open; the kernel reads it up to its NUL.
+    let mut cmdline = cfg.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+    memory
+        .write_slice(&cmdline, GuestAddress(CMDLINE_START))
+        .map_err(boot::Error::from)?;
     let initrd = match initrd {
-        Some(file) => Some(load_initrd(memory, cfg, file, kernel_end, addr_max)?),
+        Some(i) => Some(load_initrd(memory, cfg, i)?),
         None => None,
     };
     let data = BootData {
@@ -491,30 +474,48 @@ fn load_guest(
     Ok(entry)
 }
 
+/// Reads the initramfs to the place [`crate::images`] chose; returns (address, size).
 fn load_initrd(
     memory: &GuestMemoryMmap,
     cfg: &VmConfig,
-    mut file: File,
-    kernel_end: u64,
-    addr_max: u64,
+    mut initrd: Initrd,
 ) -> Result<(u64, u64), Error> {
-    let path = cfg.initramfs.as_deref().unwrap_or(Path::new(""));
-    let file_err = |source| Error::File {
-        what: "initramfs",
-        path: path.display().to_string(),
-        source,
-    };
-    let size = file.metadata().map_err(file_err)?.len();
-    let placement = InitrdPlacement {
-        kernel_end,
-        addr_max,
-        size,
-    };
-    let addr = boot::initrd_address(cfg.memory.size, placement)?;
     memory
-        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|e| file_err(std::io::Error::other(e.to_string())))?;
-    Ok((addr, size))
+        .read_exact_volatile_from(
+            GuestAddress(initrd.addr),
+            &mut initrd.file,
+            initrd.size as usize,
+        )
+        .map_err(|e| crate::images::Error::Read {
+            option: "--initramfs",
+            path: cfg.initramfs.clone().unwrap_or_default(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok((initrd.addr, initrd.size))
+}
+
+/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
+struct GuestCpuid {
+    supported: CpuId,
+    guest: CpuId,
+}
+
+/// The CPUID vCPUs start from and the guest's physical address width.
+fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read the supported CPUID"))?;
+    let max = arch::cpuid::phys_bits(&supported);
+    let mut guest = supported.clone();
+    let bits = match cfg.memory.phys_bits {
+        Some(asked) if asked > max => return Err(Error::PhysBits { asked, max }),
+        Some(asked) => {
+            arch::cpuid::limit_phys_bits(&mut guest, asked);
+            asked
+        }
+        None => max,
+    };
+    Ok((GuestCpuid { supported, guest }, bits))
 }
 
 fn create_vcpus(
@@ -554,46 +555,6 @@ fn create_vcpus(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn temp_file(name: &str, bytes: &[u8]) -> (std::path::PathBuf, File) {
-        let dir = std::env::temp_dir().join(format!("vmm-builder-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        File::create(&path).unwrap().write_all(bytes).unwrap();
-        let file = File::open(&path).unwrap();
-        (path, file)
-    }
-
-    #[test]
-    fn recognises_kernel_formats() {
-        let mut bz = vec![0u8; 0x300];
-        bz[0x202..0x206].copy_from_slice(b"HdrS");
-        assert_eq!(
-            kernel_format(&mut temp_file("bz", &bz).1),
-            Some(KernelFormat::BzImage)
-        );
-        let elf = b"\x7fELF\x02\x01\x01";
-        assert_eq!(
-            kernel_format(&mut temp_file("elf", elf).1),
-            Some(KernelFormat::Elf)
-        );
-        assert_eq!(kernel_format(&mut temp_file("txt", b"hello").1), None);
-        assert_eq!(kernel_format(&mut temp_file("empty", b"").1), None);
-    }
-
-    #[test]
-    fn missing_and_directory_files_are_named() {
-        let e = open_file("kernel", Path::new("/nonexistent/bzImage")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "cannot read kernel '/nonexistent/bzImage': No such file or directory (os error 2); check --kernel"
-        );
-        let e = open_file("initramfs", Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.starts_with("cannot read initramfs '/'"), "{e}");
-    }
 
     #[test]
     fn host_memory_limit() {

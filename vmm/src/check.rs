@@ -14,6 +14,7 @@
 mod bars;
 
 use crate::config::{self, DeviceConfig};
+use diag::Explain as _;
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -42,36 +43,9 @@ pub struct CheckConfig {
     pub json: bool,
 }
 
-/// Parses the arguments after `check`.
-pub fn parse(args: impl Iterator<Item = String>) -> Result<config::Command, config::Error> {
-    let mut args = args;
-    let mut cfg = CheckConfig::default();
-    while let Some(arg) = args.next() {
-        let (name, inline) = config::split_option(&arg);
-        let mut value = |what: &str| {
-            let usage = format!("vmm check {name} {what}");
-            config::option_value(&name, inline.clone(), &mut args, &usage)
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(config::Command::Help),
-            "--device" => cfg
-                .devices
-                .push(value("vfio-pci,host=BUS:SLOT.FN")?.parse()?),
-            "--memory" => cfg.memory = Some(value("SIZE")?.parse()?),
-            "--json" if inline.is_none() => cfg.json = true,
-            _ => {
-                return config::err(format!(
-                    "unknown argument '{arg}' to check; it takes --device SPEC, --memory SIZE \
-                     and --json (see 'vmm --help')"
-                ))
-            }
-        }
-    }
-    Ok(config::Command::Check(cfg))
-}
-
 /// A check's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Ready.
     Pass,
@@ -91,8 +65,8 @@ impl Status {
     }
 }
 
-/// One line of the report.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One line of the report; in JSON `{"name":..,"status":..,"detail":..,"fix":..|null}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Check {
     /// What was checked: `kvm`, `device 0000:00:03.0`, `IOMMU group 3`, ...
     pub name: String,
@@ -103,6 +77,7 @@ pub struct Check {
     /// What to do, when not a pass.
     pub fix: Option<String>,
     /// Nesting under the line above (group under device, member under group).
+    #[serde(skip)]
     depth: usize,
 }
 
@@ -129,8 +104,9 @@ impl Check {
         Self::new(name, Status::Fail, detail).with_fix(fix)
     }
 
-    /// A failure whose detail and fix are a vfio error's message.
-    fn failed(name: impl Into<String>, (problem, fix): (String, String)) -> Self {
+    /// A failure whose detail and fix are an error's problem and fix.
+    fn failed(name: impl Into<String>, e: &impl diag::Explain) -> Self {
+        let diag::Advice { problem, fix } = e.advice();
         Self::fail(name, problem, fix)
     }
 
@@ -145,7 +121,8 @@ impl Check {
         self
     }
 
-    /// `STATUS  [indent]name: detail[: fix]`; a detail that starts with the name and a space
+    /// `STATUS  [indent]name: detail[; fix]` (a run prints the same problem and fix as
+    /// `problem; fix`); a detail that starts with the name and a space
     /// (a vfio message such as "device X is bound to ...") stands for both.
     fn line(&self) -> String {
         let mut out = format!(
@@ -159,7 +136,7 @@ impl Check {
         }
         out.push_str(&self.detail);
         if let Some(fix) = &self.fix {
-            let _ = write!(out, ": {fix}");
+            let _ = write!(out, "; {fix}");
         }
         out
     }
@@ -185,42 +162,48 @@ impl Report {
 
     /// `{"ok":bool,"checks":[{"name":..,"status":..,"detail":..,"fix":..|null},...]}`.
     pub fn json(&self) -> String {
-        let esc = crate::stats::json_escape;
-        let mut out = format!("{{\"ok\":{},\"checks\":[", self.ok());
-        for (i, c) in self.checks.iter().enumerate() {
-            let fix = c
-                .fix
-                .as_ref()
-                .map_or("null".to_string(), |f| format!("\"{}\"", esc(f)));
-            let _ = write!(
-                out,
-                "{}{{\"name\":\"{}\",\"status\":\"{}\",\"detail\":\"{}\",\"fix\":{fix}}}",
-                if i == 0 { "" } else { "," },
-                esc(&c.name),
-                c.status.word(),
-                esc(&c.detail),
-            );
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            ok: bool,
+            checks: &'a [Check],
         }
-        out.push_str("]}");
-        out
+        let json = Json {
+            ok: self.ok(),
+            checks: &self.checks,
+        };
+        serde_json::to_string(&json).expect("strings and bools always serialize")
     }
 }
 
-/// Runs `vmm check`: prints the report on stdout; the exit status is 0 when nothing failed.
-pub fn run(cfg: &CheckConfig) -> i32 {
-    let report = Host::default().report(cfg);
-    let text = match cfg.json {
-        true => format!("{}\n", report.json()),
-        false => report.text(),
-    };
-    // A closed stdout (piped into `head`) is not an error of the check.
-    use std::io::Write as _;
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    if report.ok() {
-        0
-    } else {
-        crate::STATUS_ERROR
+/// A refused `vmm check --json` command line, as JSON:
+/// `{"ok":false,"error":LINE,"problem":..,"fix":..|null}`, LINE being what stderr shows.
+pub fn json_refusal(advice: &diag::Advice) -> String {
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        ok: bool,
+        error: String,
+        problem: &'a str,
+        fix: Option<&'a str>,
     }
+    let json = Json {
+        ok: false,
+        error: advice.to_string(),
+        problem: &advice.problem,
+        fix: (!advice.fix.is_empty()).then_some(advice.fix.as_str()),
+    };
+    serde_json::to_string(&json).expect("strings and bools always serialize")
+}
+
+/// Runs `vmm check`: the report on stdout, text or JSON; `Ok(true)` when nothing failed.
+/// A report that cannot be written is an error: nobody saw the verdict.
+pub fn run(cfg: &CheckConfig, out: &mut impl std::io::Write) -> std::io::Result<bool> {
+    let report = Host::default().report(cfg);
+    match cfg.json {
+        true => writeln!(out, "{}", report.json())?,
+        false => write!(out, "{}", report.text())?,
+    }
+    out.flush()?;
+    Ok(report.ok())
 }
 
 /// Where the host's kernel interfaces are: `/sys`, `/proc` and `/dev` on a host, a fake tree
@@ -433,12 +416,12 @@ impl Host {
         let spec = cfg.spec();
         let dev = match sysfs.device(&spec) {
             Ok(dev) => dev,
-            Err(e) => return vec![Check::failed(format!("device {spec}"), e.problem_and_fix())],
+            Err(e) => return vec![Check::failed(format!("device {spec}"), &e)],
         };
         let name = format!("device {}", dev.name);
         let group = match sysfs.require_group(&dev) {
             Ok(group) => group,
-            Err(e) => return vec![Check::failed(name, e.problem_and_fix())],
+            Err(e) => return vec![Check::failed(name, &e)],
         };
         let bound = sysfs.require_vfio_pci(&dev);
         let mut checks = vec![match &bound {
@@ -450,7 +433,7 @@ impl Host {
                     driver_text(driver.as_deref())
                 ),
             ),
-            Err(e) => Check::failed(name, e.problem_and_fix()),
+            Err(e) => Check::failed(name, &e),
         }];
         checks.extend(group_checks(&sysfs, group, managed));
         if bound.is_ok() {
@@ -467,9 +450,7 @@ impl Host {
         let device = device.to_string();
         let meta = match std::fs::metadata(&path) {
             Ok(meta) => meta,
-            Err(_) => {
-                return Check::failed(name, Error::NoGroupNode { group, device }.problem_and_fix())
-            }
+            Err(_) => return Check::failed(name, &Error::NoGroupNode { group, device }),
         };
         let owner = format!(
             "owner {}:{}, mode {:04o}",
@@ -484,11 +465,11 @@ impl Host {
         match opened.map_err(|e| e.raw_os_error()) {
             Ok(_) => Check::pass(name, format!("{owner}, opens read-write")),
             Err(Some(libc::EBUSY)) => {
-                let (problem, fix) = Error::Busy { group, device }.problem_and_fix();
+                let diag::Advice { problem, fix } = Error::Busy { group, device }.advice();
                 Check::warn(name, format!("{owner}; {problem}"), fix)
             }
             Err(Some(libc::EACCES | libc::EPERM)) => {
-                let (problem, fix) = Error::Permission { group, device }.problem_and_fix();
+                let diag::Advice { problem, fix } = Error::Permission { group, device }.advice();
                 Check::fail(name, format!("{owner}; {problem}"), fix)
             }
             Err(errno) => Check::fail(
@@ -507,7 +488,7 @@ fn group_checks(sysfs: &Sysfs, group: u32, managed: &[String]) -> Vec<Check> {
     let name = format!("IOMMU group {group}");
     let members = match sysfs.group_devices(group) {
         Ok(members) => members,
-        Err(e) => return vec![Check::failed(name, e.problem_and_fix()).nested(1)],
+        Err(e) => return vec![Check::failed(name, &e).nested(1)],
     };
     let viable = Check::pass(
         &name,
@@ -522,10 +503,10 @@ fn group_checks(sysfs: &Sysfs, group: u32, managed: &[String]) -> Vec<Check> {
                 .collect();
             match blockers.is_empty() {
                 true => viable,
-                false => Check::failed(&name, NotViable { group, blockers }.problem_and_fix()),
+                false => Check::failed(&name, &NotViable { group, blockers }),
             }
         }
-        Err(e) => Check::failed(&name, e.problem_and_fix()),
+        Err(e) => Check::failed(&name, &e),
     };
     let mut checks = vec![verdict.nested(1)];
     checks.extend(
@@ -557,11 +538,11 @@ fn member_check(m: &GroupMember, managed: bool) -> Check {
     if managed {
         return Check::pass(name, detail + "; managed=on moves it to vfio-pci");
     }
-    let (_, fix) = vfio::sysfs::Error::NotVfioBound {
+    let diag::Advice { fix, .. } = vfio::sysfs::Error::NotVfioBound {
         device: m.name.clone(),
         driver: m.driver.clone(),
     }
-    .problem_and_fix();
+    .advice();
     Check::fail(name, detail, fix)
 }
 
@@ -734,7 +715,7 @@ fn memlock_verdict(limit: MemlockLimit, memory: Option<u64>) -> Check {
                     config::format_size(mem)
                 ),
             ),
-            Err(e) => Check::failed(NAME, e.problem_and_fix()),
+            Err(e) => Check::failed(NAME, &e),
         },
         None if bytes < MEMLOCK_WARN_BELOW => Check::warn(
             NAME,
@@ -765,11 +746,7 @@ fn hugepage_check(mem: &crate::memory::MemoryConfig, root: &Path) -> Option<Chec
                     ),
                 )
             }
-            Err(e) => {
-                let text = e.to_string();
-                let (problem, fix) = text.split_once("; ").unwrap_or((&text, ""));
-                Check::fail(NAME, problem, fix)
-            }
+            Err(e) => Check::failed(NAME, &e),
         },
     )
 }
@@ -837,48 +814,6 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn parse_args(args: &[&str]) -> Result<config::Command, config::Error> {
-        parse(args.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn arguments() {
-        let cmd = parse_args(&[
-            "--device",
-            "vfio-pci,host=00:03.0",
-            "--json",
-            "--memory=2G",
-            "--device=vfio-pci,sysfsdev=/sys/bus/pci/devices/0000:00:04.0",
-        ])
-        .unwrap();
-        let config::Command::Check(cfg) = cmd else {
-            panic!("{cmd:?}")
-        };
-        assert_eq!(cfg.devices.len(), 2);
-        assert_eq!(cfg.memory.map(|m| m.size), Some(2 << 30));
-        assert!(cfg.json);
-        assert_eq!(
-            parse_args(&[]),
-            Ok(config::Command::Check(CheckConfig::default()))
-        );
-        assert_eq!(parse_args(&["--json", "-h"]), Ok(config::Command::Help));
-        for (bad, why) in [
-            (
-                &["--kernel", "k"][..],
-                "unknown argument '--kernel' to check",
-            ),
-            (&["--device"], "--device needs a value"),
-            (&["--device", "vfio-pci,host=3"], "bad PCI address '3'"),
-            (&["--memory", "lots"], "bad size 'lots'"),
-            (&["--json=yes"], "unknown argument '--json=yes'"),
-            (&["stray"], "unknown argument 'stray'"),
-        ] {
-            let e = parse_args(bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-            assert!(!e.contains('\n'), "{e}");
-        }
-    }
-
     fn report(statuses: &[Status]) -> Report {
         Report {
             checks: statuses
@@ -901,9 +836,9 @@ mod tests {
             Check::pass("kvm", "/dev/kvm, API 12"),
             Check::failed(
                 "device 0000:00:02.0",
-                (
-                    "device 0000:00:02.0 is bound to no driver, not vfio-pci".into(),
-                    "modprobe vfio-pci".into(),
+                &diag::Advice::new(
+                    "device 0000:00:02.0 is bound to no driver, not vfio-pci",
+                    "modprobe vfio-pci",
                 ),
             ),
             Check::pass("IOMMU group 2", "viable, 1 device").nested(1),
@@ -911,7 +846,7 @@ mod tests {
         ];
         let want = "\
 PASS  kvm: /dev/kvm, API 12
-FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci: modprobe vfio-pci
+FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci; modprobe vfio-pci
 PASS    IOMMU group 2: viable, 1 device
 WARN      member 0000:00:02.0: no driver
 ";
@@ -927,11 +862,47 @@ WARN      member 0000:00:02.0: no driver
         let want = concat!(
             r#"{"ok":false,"checks":["#,
             r#"{"name":"kvm","status":"pass","detail":"/dev/kvm, API 12","fix":null},"#,
-            r#"{"name":"a \"b\"","status":"fail","detail":"back\\slash\u0009tab\u000anewline","#,
+            r#"{"name":"a \"b\"","status":"fail","detail":"back\\slash\ttab\nnewline","#,
             r#""fix":"echo \u0001 > x"}]}"#
         );
         assert_eq!(Report { checks }.json(), want);
         assert_eq!(Report::default().json(), r#"{"ok":true,"checks":[]}"#);
+    }
+
+    #[test]
+    fn refusals_as_json() {
+        let advice = diag::Advice::new("--memory 'x' is not a size", "write \"512M\"");
+        assert_eq!(
+            json_refusal(&advice),
+            concat!(
+                r#"{"ok":false,"error":"--memory 'x' is not a size; write \"512M\"","#,
+                r#""problem":"--memory 'x' is not a size","fix":"write \"512M\""}"#
+            )
+        );
+        let bare = diag::Advice::bare("odd\nline");
+        assert_eq!(
+            json_refusal(&bare),
+            r#"{"ok":false,"error":"odd\\nline","problem":"odd\nline","fix":null}"#
+        );
+    }
+
+    #[test]
+    fn report_goes_out_and_a_failed_write_is_an_error() {
+        let cfg = CheckConfig {
+            json: true,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let ok = run(&cfg, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["ok"], serde_json::Value::Bool(ok));
+        let mut full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let e = run(&CheckConfig::default(), &mut full).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     }
 
     #[test]
@@ -945,11 +916,11 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(lines[0].status, Status::Fail);
         assert!(lines[1]
             .line()
-            .starts_with("FAIL  kvm capabilities: missing irqfd: "));
+            .starts_with("FAIL  kvm capabilities: missing irqfd; "));
         let denied = kvm_open_failure(path, libc::EACCES);
         assert!(denied
             .line()
-            .contains("permission denied: add your user to the kvm group"));
+            .contains("permission denied; add your user to the kvm group"));
         assert!(kvm_open_failure(path, libc::ENOENT)
             .line()
             .contains("modprobe kvm_intel"));
@@ -1007,7 +978,7 @@ WARN      member 0000:00:02.0: no driver
         assert!(
             line.starts_with(
                 "FAIL  hugepages: --memory 2G,hugepages=on,hugepage-size=2M: the guest needs 1024 \
-                 huge pages of 2 MiB but the pool has 100 free: raise the pool to 2024 pages"
+                 huge pages of 2 MiB but the pool has 100 free; raise the pool to 2024 pages"
             ),
             "{line}"
         );
@@ -1125,6 +1096,7 @@ WARN      member 0000:00:02.0: no driver
             let dev = format!("sys/devices/pci0000:00/{bdf}");
             self.write(&format!("{dev}/class"), &format!("{class:#08x}\n"));
             self.link(&format!("sys/bus/pci/devices/{bdf}"), &dev);
+            self.link(&format!("{dev}/subsystem"), "sys/bus/pci");
             let gdir = format!("sys/kernel/iommu_groups/{group}");
             self.link(&format!("{gdir}/devices/{bdf}"), &dev);
             self.link(&format!("{dev}/iommu_group"), &gdir);
@@ -1186,7 +1158,7 @@ WARN      member 0000:00:02.0: no driver
         assert!(host
             .vfio()
             .line()
-            .starts_with("FAIL  vfio: vfio-pci is not loaded: modprobe"));
+            .starts_with("FAIL  vfio: vfio-pci is not loaded; modprobe"));
         fake.pci("0000:00:03.0", 3, 0x00ff00, "vfio-pci");
         std::fs::create_dir_all(fake.root.join("sys/class/iommu/dmar0")).unwrap();
         assert_eq!(
@@ -1241,7 +1213,7 @@ WARN      member 0000:00:02.0: no driver
         );
         assert!(
             lines[1].starts_with(
-                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic: \
+                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to uio_pci_generic; \
                  bind every device of the group to vfio-pci ("
             ),
             "{}",
@@ -1254,7 +1226,7 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(lines[3], "PASS      member 0000:01:01.0: bound to vfio-pci");
         assert!(
             lines[4].starts_with(
-                "FAIL      member 0000:01:02.0: bound to uio_pci_generic: modprobe vfio-pci; \
+                "FAIL      member 0000:01:02.0: bound to uio_pci_generic; modprobe vfio-pci; \
                  echo vfio-pci > /sys/bus/pci/devices/0000:01:02.0/driver_override; \
                  echo 0000:01:02.0 > /sys/bus/pci/drivers/uio_pci_generic/unbind"
             ),
@@ -1275,7 +1247,7 @@ WARN      member 0000:00:02.0: no driver
         let lines = fake.check("vfio-pci,host=00:02.0");
         assert!(
             lines[0].starts_with(
-                "FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci: modprobe vfio-pci; "
+                "FAIL  device 0000:00:02.0 is bound to no driver, not vfio-pci; modprobe vfio-pci; "
             ),
             "{}",
             lines[0]
@@ -1287,7 +1259,7 @@ WARN      member 0000:00:02.0: no driver
         assert_eq!(missing.len(), 1);
         assert!(missing[0].starts_with("FAIL  device 0000:00:09.0: no device 0000:00:09.0 in "));
         assert!(
-            missing[0].ends_with(": check the address with lspci -D"),
+            missing[0].ends_with("; check the address with lspci -D"),
             "{}",
             missing[0]
         );
@@ -1298,7 +1270,7 @@ WARN      member 0000:00:02.0: no driver
         .unwrap();
         let groupless = fake.check("vfio-pci,host=00:02.0");
         assert_eq!(groupless.len(), 1);
-        assert!(groupless[0].starts_with("FAIL  device 0000:00:02.0 has no IOMMU group: enable"));
+        assert!(groupless[0].starts_with("FAIL  device 0000:00:02.0 has no IOMMU group; enable"));
     }
 
     #[test]
@@ -1315,7 +1287,7 @@ WARN      member 0000:00:02.0: no driver
         );
         assert!(
             lines[1].starts_with(
-                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to edu: bind every"
+                "FAIL    IOMMU group 5 is not viable: 0000:01:02.0 is bound to edu; bind every"
             ),
             "{}",
             lines[1]
@@ -1324,7 +1296,7 @@ WARN      member 0000:00:02.0: no driver
             lines[3],
             "PASS      member 0000:01:01.0: bound to edu; managed=on moves it to vfio-pci"
         );
-        assert!(lines[4].starts_with("FAIL      member 0000:01:02.0: bound to edu: "));
+        assert!(lines[4].starts_with("FAIL      member 0000:01:02.0: bound to edu; "));
         assert_eq!(
             lines.len(),
             5,
@@ -1339,7 +1311,7 @@ WARN      member 0000:00:02.0: no driver
         let lines = fake.check("vfio-pci,host=00:03.0");
         assert!(
             lines[3].starts_with(
-                "FAIL    /dev/vfio/3: no /dev/vfio/3 for 0000:00:03.0: bind it to vfio-pci (echo "
+                "FAIL    /dev/vfio/3: no /dev/vfio/3 for 0000:00:03.0; bind it to vfio-pci (echo "
             ),
             "{}",
             lines[3]

@@ -16,15 +16,30 @@ pub const IOAPIC_PINS: u32 = 24;
 const FIRST_MSI_GSI: u32 = IOAPIC_PINS;
 
 /// Routing errors.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// All GSIs are in use.
-    #[error("no free GSI for another MSI vector (at most {KVM_MAX_IRQ_ROUTES} routes)")]
     NoGsi,
     /// KVM refused the table.
-    #[error("KVM_SET_GSI_ROUTING failed: {0}")]
     Kvm(kvm_ioctls::Error),
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::NoGsi => Advice::new(
+                format!("no free GSI for another MSI vector (at most {KVM_MAX_IRQ_ROUTES} routes)"),
+                "pass through fewer devices or let the guest use fewer vectors",
+            ),
+            Error::Kvm(e) => Advice::new(
+                format!("KVM_SET_GSI_ROUTING failed: {e}"),
+                "check that KVM works on this host (dmesg)",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// An MSI message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

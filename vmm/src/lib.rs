@@ -2,16 +2,20 @@
 //!
 //! [`run`] moves `managed=on` devices to vfio-pci ([`managed`]), builds the VM
 //! ([`builder`]), starts one thread per vCPU ([`vcpu`]) and waits on the main thread's event
-//! loop (console input, the guest's exit request, `--timeout`, SIGINT/SIGTERM/SIGHUP
+//! loop (console input, the guest's exit request, `--timeout`, every terminating signal
 //! ([`signals`])) for the reason the guest stopped, which becomes the process exit status.
 //! Every way out tears down in one order: vCPUs stopped, device interrupts off and devices
 //! reset, every VM and VFIO file closed, managed devices back on their drivers, terminal
 //! restored.
 
+pub mod api;
 pub mod builder;
 pub mod check;
 pub mod config;
 pub mod console;
+pub mod control;
+pub mod hotplug;
+pub mod images;
 pub mod interrupts;
 pub mod logger;
 pub mod managed;
@@ -38,19 +42,19 @@ pub const STATUS_CRASH: i32 = 2;
 pub const STATUS_ERROR: i32 = 1;
 
 /// Errors of a run after the VM is built.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// Building the VM failed.
-    #[error(transparent)]
-    Build(#[from] builder::Error),
+    Build(builder::Error),
+    /// The devices given cannot be passed through together.
+    Passthrough(passthrough::Error),
+    /// The API socket could not be set up.
+    Api(api::server::Error),
     /// A `managed=on` device could not be moved to vfio-pci.
-    #[error(transparent)]
-    Managed(#[from] vfio::bind::Error),
+    Managed(vfio::bind::Error),
     /// A seccomp filter could not be installed.
-    #[error(transparent)]
-    Seccomp(#[from] seccomp::Error),
+    Seccomp(seccomp::Error),
     /// The event loop or a thread could not be set up.
-    #[error("cannot {what}: {source}")]
     Os {
         /// What.
         what: &'static str,
@@ -59,10 +63,34 @@ pub enum Error {
     },
 }
 
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        match self {
+            Error::Build(e) => e.advice(),
+            Error::Passthrough(e) => e.advice(),
+            Error::Api(e) => e.advice(),
+            Error::Managed(e) => e.advice(),
+            Error::Seccomp(e) => e.advice(),
+            Error::Os { what, source } => diag::Advice::new(
+                format!("cannot {what}: {source}"),
+                "check the process's limits (ulimit -n, ulimit -u) and free memory",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
+diag::wrap!(Error:
+    Build(builder::Error),
+    Passthrough(passthrough::Error),
+    Api(api::server::Error),
+    Managed(vfio::bind::Error),
+    Seccomp(seccomp::Error),
+);
+
 /// The exit status for a guest that stopped for `reason`, with its message if any.
 pub fn exit_status(reason: &ExitReason) -> (i32, Option<String>) {
     match reason {
-        ExitReason::Poweroff | ExitReason::Reset => (0, None),
+        ExitReason::Poweroff | ExitReason::Reset | ExitReason::Shutdown => (0, None),
         ExitReason::DebugExit(v) => (devices::debug_exit::DebugExit::status(*v), None),
         ExitReason::Crash(msg) => (STATUS_CRASH, Some(msg.clone())),
         ExitReason::Timeout(secs) => (
@@ -90,6 +118,21 @@ impl MutEventSubscriber for ExitWatch {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(self.0.eventfd(), EventSet::IN)) {
             log::error!("cannot watch the exit eventfd: {e:?}");
+        }
+    }
+}
+
+/// Wakes the loop when the API thread has an action waiting (the loop then takes them).
+struct ApiWake(vmm_sys_util::eventfd::EventFd);
+
+impl MutEventSubscriber for ApiWake {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // The loop reads the eventfd when it takes the actions.
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.0, EventSet::IN)) {
+            log::error!("cannot watch the API: {e:?}");
         }
     }
 }
@@ -124,8 +167,11 @@ const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
 /// Moves managed devices to vfio-pci, builds and runs the guest, tears it down and puts the
 /// managed devices back; returns why the guest stopped.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
+    // The kernel and initramfs are judged before any device moves.
+    let images = builder::prepare(cfg)?;
+    passthrough::check_distinct(&cfg.devices)?;
     let bindings = managed::bind(&cfg.devices)?;
-    let result = run_vm(cfg);
+    let result = run_vm(cfg, images);
     // A vCPU thread that would not stop still holds the VM and its devices: then dropping
     // the bindings says which devices stay on vfio-pci and how to rebind them, since
     // vfio-pci's unbind would wait forever for files this process holds.
@@ -153,15 +199,25 @@ fn vm_files_open() -> bool {
 }
 
 /// Builds, runs and tears down the guest.
-fn run_vm(cfg: &VmConfig) -> Result<ExitReason, Error> {
-    let mut vm = builder::build(cfg)?;
-    let events = event_loop(cfg, &vm)?;
+fn run_vm(cfg: &VmConfig, images: images::BootImages) -> Result<ExitReason, Error> {
+    let mut vm = builder::build(cfg, images)?;
+    // The API thread starts before the main thread's seccomp filter (which forbids starting
+    // threads); it installs its own.
+    let api = match &cfg.api_socket {
+        Some(path) => Some(api::server::ApiServer::start(path, cfg.seccomp)?),
+        None => None,
+    };
+    let events = event_loop(cfg, &vm, api.as_ref())?;
     console::enter_raw_mode();
     // On an early return `running` drops, which stops the vCPU threads.
     let running = vcpu::Running::start(vm.vcpus.drain(..).collect())
         .map_err(os_err("start a vCPU thread"))?;
     seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm)?;
-    let reason = wait_for_exit(&vm, events);
+    let reason = wait_for_exit(&mut vm, &running, cfg, events, api.as_ref());
+    // The last answer (vm.shutdown's) goes out; later requests hear that vmm is going.
+    if let Some(api) = api {
+        api.finish();
+    }
     // Teardown, in order: no vCPU runs, the devices are quiet, then every file goes.
     let released = running.stop(VCPU_STOP_PATIENCE);
     let report = cfg.stats.map(|format| {
@@ -182,10 +238,12 @@ fn run_vm(cfg: &VmConfig) -> Result<ExitReason, Error> {
     Ok(reason)
 }
 
-/// The main thread's event loop: the exit request, console input, signals, `--timeout`.
+/// The main thread's event loop: the exit request, console input, signals, `--timeout`,
+/// the API's actions.
 fn event_loop(
     cfg: &VmConfig,
     vm: &builder::Vm,
+    api: Option<&api::server::ApiServer>,
 ) -> Result<EventManager<Box<dyn MutEventSubscriber>>, Error> {
     let mut events: EventManager<Box<dyn MutEventSubscriber>> =
         EventManager::new().map_err(|e| Error::Os {
@@ -196,6 +254,10 @@ fn event_loop(
     events.add_subscriber(Box::new(console::StdinInput::new(vm.serial.clone())));
     let signals = signals::SignalWatch::new(vm.exit.clone()).map_err(os_err("watch signals"))?;
     events.add_subscriber(Box::new(signals));
+    if let Some(api) = api {
+        let wake = api.eventfd().try_clone().map_err(os_err("watch the API"))?;
+        events.add_subscriber(Box::new(ApiWake(wake)));
+    }
     if let Some(secs) = cfg.timeout {
         let timer_err = |e: vmm_sys_util::errno::Error| Error::Os {
             what: "set up the --timeout timer",
@@ -214,10 +276,14 @@ fn event_loop(
     Ok(events)
 }
 
-/// Runs the event loop until something asks the guest to stop.
+/// Runs the event loop until something asks the guest to stop; the API's actions run here,
+/// on the main thread, between two rounds.
 fn wait_for_exit(
-    vm: &builder::Vm,
+    vm: &mut builder::Vm,
+    running: &vcpu::Running,
+    cfg: &VmConfig,
     mut events: EventManager<Box<dyn MutEventSubscriber>>,
+    api: Option<&api::server::ApiServer>,
 ) -> ExitReason {
     loop {
         if let Some(reason) = vm.exit.reason() {
@@ -225,6 +291,11 @@ fn wait_for_exit(
         }
         if let Err(e) = events.run() {
             log::warn!("event loop: {e:?}");
+        }
+        for pending in api.map(|a| a.take()).unwrap_or_default() {
+            let mut target = control::Target { vm, running, cfg };
+            let reply = control::handle(pending.action.clone(), &mut target);
+            pending.answer(reply);
         }
     }
 }

@@ -16,7 +16,6 @@
 //! This module owns `--memory`'s value ([`MemoryConfig`]) and the mappings; it must not talk
 //! to KVM (the builder registers the regions).
 
-use crate::config::{err, parse_size};
 use arch::GuestMemoryMmap;
 use resources::layout::ram_ranges;
 use std::path::{Path, PathBuf};
@@ -99,75 +98,107 @@ pub const MIN_PHYS_BITS: u8 = 32;
 /// Widest `phys-bits=` x86 defines.
 pub const MAX_PHYS_BITS: u8 = 52;
 
-impl std::str::FromStr for MemoryConfig {
-    type Err = crate::config::Error;
+/// What is wrong with the options of `--memory` after its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionError {
+    /// A field without `=`.
+    NotKeyValue(String),
+    /// A key vmm does not know.
+    UnknownKey(String),
+    /// The same key twice.
+    KeyTwice(String),
+    /// `hugepages=` neither `on` nor `off`.
+    Hugepages(String),
+    /// `hugepage-size=` neither `2M` nor `1G`.
+    PageSize(String),
+    /// `hugepage-size=` without `hugepages=on`.
+    SizeWithoutHugepages,
+    /// The size is not a whole number of huge pages.
+    NotWholePages {
+        /// The size in bytes.
+        size: u64,
+        /// The page size.
+        page: HugePageSize,
+    },
+    /// `phys-bits=` not a width from [`MIN_PHYS_BITS`] to [`MAX_PHYS_BITS`].
+    PhysBits(String),
+}
 
-    fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let mut fields = spec.split(',');
-        let size = parse_size(fields.next().unwrap_or_default())?;
+impl diag::Explain for OptionError {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        let keys = format!("the keys are {MEMORY_KEYS}");
+        match self {
+            Self::NotKeyValue(f) => Advice::new(format!("'{f}' is not KEY=VALUE"), keys),
+            Self::UnknownKey(k) => Advice::new(format!("unknown key '{k}'"), keys),
+            Self::KeyTwice(k) => Advice::new(format!("'{k}' given twice"), "give it once"),
+            Self::Hugepages(v) => Advice::new(
+                format!("bad value '{v}' for 'hugepages'"),
+                "write hugepages=on or hugepages=off",
+            ),
+            Self::PageSize(v) => Advice::new(
+                format!("bad value '{v}' for 'hugepage-size'"),
+                "write hugepage-size=2M or hugepage-size=1G",
+            ),
+            Self::SizeWithoutHugepages => {
+                Advice::new("hugepage-size= without hugepages=on", "add hugepages=on")
+            }
+            Self::NotWholePages { size, page } => Advice::new(
+                format!(
+                    "{size} bytes is not a whole number of {} huge pages",
+                    page.key()
+                ),
+                format!("round the size to a multiple of {}", page.key()),
+            ),
+            Self::PhysBits(v) => Advice::new(
+                format!("bad value '{v}' for 'phys-bits'"),
+                format!("give a width from {MIN_PHYS_BITS} to {MAX_PHYS_BITS} bits"),
+            ),
+        }
+    }
+}
+diag::explained!(OptionError);
+
+impl MemoryConfig {
+    /// RAM of `size` bytes with the options after it in `--memory` (`hugepages=on,...`).
+    pub fn with_options(size: u64, options: &str) -> Result<Self, OptionError> {
         let (mut hugepages, mut page, mut bits) = (None, None, None::<&str>);
-        for field in fields {
+        for field in options.split(',') {
             let Some((key, value)) = field.split_once('=') else {
-                return err(format!(
-                    "'{field}' in --memory '{spec}' is not KEY=VALUE; keys: {MEMORY_KEYS}"
-                ));
+                return Err(OptionError::NotKeyValue(field.to_string()));
             };
             let slot = match key {
                 "hugepages" => &mut hugepages,
                 "hugepage-size" => &mut page,
                 "phys-bits" => &mut bits,
-                _ => {
-                    return err(format!(
-                        "unknown key '{key}' in --memory '{spec}'; keys: {MEMORY_KEYS}"
-                    ))
-                }
+                _ => return Err(OptionError::UnknownKey(key.to_string())),
             };
             if slot.replace(value).is_some() {
-                return err(format!("'{key}' given twice in --memory '{spec}'"));
+                return Err(OptionError::KeyTwice(key.to_string()));
             }
         }
         let on = match hugepages {
             None | Some("off") => false,
             Some("on") => true,
-            Some(v) => {
-                return err(format!(
-                    "bad value '{v}' for 'hugepages' in --memory '{spec}'; write hugepages=on or hugepages=off"
-                ))
-            }
+            Some(v) => return Err(OptionError::Hugepages(v.to_string())),
         };
         let page_given = page.is_some();
         let page = match page {
             None | Some("2M") | Some("2m") => HugePageSize::Size2M,
             Some("1G") | Some("1g") => HugePageSize::Size1G,
-            Some(v) => {
-                return err(format!(
-                    "bad value '{v}' for 'hugepage-size' in --memory '{spec}'; write hugepage-size=2M or hugepage-size=1G"
-                ))
-            }
+            Some(v) => return Err(OptionError::PageSize(v.to_string())),
         };
         if !on && page_given {
-            return err(format!(
-                "hugepage-size= without hugepages=on in --memory '{spec}'; add hugepages=on"
-            ));
+            return Err(OptionError::SizeWithoutHugepages);
         }
         if on && !size.is_multiple_of(page.bytes()) {
-            return err(format!(
-                "--memory '{spec}': {size} bytes is not a whole number of {} huge pages; \
-                 round the size to a multiple of {}",
-                page.key(),
-                page.key()
-            ));
+            return Err(OptionError::NotWholePages { size, page });
         }
         let phys_bits = match bits {
             None => None,
             Some(v) => match v.parse::<u8>() {
                 Ok(n) if (MIN_PHYS_BITS..=MAX_PHYS_BITS).contains(&n) => Some(n),
-                _ => {
-                    return err(format!(
-                        "bad value '{v}' for 'phys-bits' in --memory '{spec}'; give a width from \
-                         {MIN_PHYS_BITS} to {MAX_PHYS_BITS} bits"
-                    ))
-                }
+                _ => return Err(OptionError::PhysBits(v.to_string())),
             },
         };
         Ok(MemoryConfig {
@@ -175,6 +206,15 @@ impl std::str::FromStr for MemoryConfig {
             hugepages: on.then_some(page),
             phys_bits,
         })
+    }
+}
+
+/// `--memory` as the command line takes it (see [`crate::config`]).
+impl std::str::FromStr for MemoryConfig {
+    type Err = crate::config::Error;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        crate::config::memory_config(std::ffi::OsStr::new(spec))
     }
 }
 
@@ -199,10 +239,9 @@ impl std::fmt::Display for MemoryConfig {
 }
 
 /// Why guest RAM could not be set up.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Error {
     /// mmap (or memfd) failed.
-    #[error("cannot allocate {mib} MiB of guest memory: {reason}; choose a smaller --memory")]
     Allocate {
         /// Size asked for.
         mib: u64,
@@ -210,7 +249,6 @@ pub enum Error {
         reason: String,
     },
     /// The host has no pool of this page size.
-    #[error("--memory {spec}: this host has no {page} huge pages ({dir} is missing); use the other hugepage-size (2M or 1G) or drop hugepages=on")]
     NoHugePages {
         /// The option as given.
         spec: String,
@@ -220,7 +258,6 @@ pub enum Error {
         dir: String,
     },
     /// The pool has fewer free pages than the guest needs.
-    #[error("--memory {spec}: the guest needs {needed} huge pages of {page} but the pool has {free} free; raise the pool to {target} pages (echo {target} > {file}) or drop hugepages=on")]
     HugePool {
         /// The option as given.
         spec: String,
@@ -236,6 +273,37 @@ pub enum Error {
         file: String,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Self::Allocate { mib, reason } => Advice::new(
+                format!("cannot allocate {mib} MiB of guest memory: {reason}"),
+                "choose a smaller --memory",
+            ),
+            Self::NoHugePages { spec, page, dir } => Advice::new(
+                format!("--memory {spec}: this host has no {page} huge pages ({dir} is missing)"),
+                "use the other hugepage-size (2M or 1G) or drop hugepages=on",
+            ),
+            Self::HugePool {
+                spec,
+                page,
+                needed,
+                free,
+                target,
+                file,
+            } => Advice::new(
+                format!(
+                    "--memory {spec}: the guest needs {needed} huge pages of {page} but the pool \
+                     has {free} free"
+                ),
+                format!("raise the pool to {target} pages (echo {target} > {file}) or drop hugepages=on"),
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 /// One hugetlb pool as `/sys/kernel/mm/hugepages/hugepages-<N>kB` shows it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -499,8 +567,11 @@ mod tests {
     #[test]
     fn memory_option_rejections() {
         for (bad, why) in [
-            ("lots", "bad size 'lots'"),
-            ("1G,hugepages", "not KEY=VALUE"),
+            ("lots", "--memory 'lots' is not a size"),
+            (
+                "1G,hugepages",
+                "'hugepages' is not KEY=VALUE; the keys are hugepages",
+            ),
             ("1G,huge=on", "unknown key 'huge'"),
             ("1G,hugepages=yes", "write hugepages=on or hugepages=off"),
             ("1G,hugepages=on,hugepages=on", "'hugepages' given twice"),
@@ -508,6 +579,7 @@ mod tests {
             ("1G,hugepage-size=2M", "without hugepages=on"),
             ("3M,hugepages=on", "not a whole number of 2M huge pages"),
             ("1536M,hugepages=on,hugepage-size=1G", "multiple of 1G"),
+            ("0,hugepages=on", "not a positive multiple of 4 KiB"),
             ("1G,phys-bits=31", "from 32 to 52 bits"),
             ("1G,phys-bits=53", "from 32 to 52 bits"),
             ("1G,phys-bits=x", "bad value 'x' for 'phys-bits'"),
@@ -515,6 +587,9 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
             assert!(!e.contains('\n'), "{e}");
+            if !bad.starts_with("lots") && !bad.starts_with("0,") {
+                assert!(e.starts_with(&format!("--memory '{bad}': ")), "{e}");
+            }
         }
     }
 

@@ -23,7 +23,11 @@
 //!   `VFIO_DEVICE_RESET`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`), VFIO group release
 //!   (`KVM_SET_DEVICE_ATTR`, `VFIO_GROUP_UNSET_CONTAINER`, `readlink` of the group), sysfs
 //!   reads and writes to give devices back to their drivers (`openat`, `getdents64`, `statx`,
-//!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, `exit_group`.
+//!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, the API socket removed
+//!   (`unlink`), `exit_group`.
+//! - The API thread (`--api-socket`): `accept4`, `recvfrom`/`sendto` and `setsockopt` (read
+//!   and write timeouts) on its connections, the eventfd that wakes the main loop, locks for
+//!   its channel; it installs its filter before it accepts anything.
 //!
 //! A thread started after its creator installed a filter inherits it (the kernel copies it):
 //! so the main thread installs its own only once the vCPU threads exist, and must not start
@@ -51,6 +55,9 @@ pub enum Thread {
     Vmm,
     /// A vCPU thread.
     Vcpu,
+    /// The API thread (`--api-socket`): accepts, reads and writes its socket, hands actions
+    /// to the main thread.
+    Api,
     /// The background mapper of large BARs for peer-to-peer DMA (`passthrough::p2p`).
     P2p,
 }
@@ -60,16 +67,16 @@ impl std::fmt::Display for Thread {
         f.write_str(match self {
             Thread::Vmm => "vmm",
             Thread::Vcpu => "vCPU",
+            Thread::Api => "API",
             Thread::P2p => "p2p",
         })
     }
 }
 
 /// Why a filter could not be installed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The rules do not compile to BPF (a bug).
-    #[error("cannot build the seccomp filter of the {thread} thread: {source}")]
     Build {
         /// Which filter.
         thread: Thread,
@@ -77,10 +84,8 @@ pub enum Error {
         source: BackendError,
     },
     /// sigaction(SIGSYS) failed.
-    #[error("cannot install the SIGSYS handler for seccomp: {0}")]
     Handler(std::io::Error),
     /// The kernel refused the filter.
-    #[error("cannot install the seccomp filter of the {thread} thread: {source}; a kernel without seccomp filters needs --seccomp=off")]
     Install {
         /// Which filter.
         thread: Thread,
@@ -88,6 +93,25 @@ pub enum Error {
         source: seccompiler::Error,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Build { thread, source } => Advice::bug(format!(
+                "cannot build the seccomp filter of the {thread} thread: {source}"
+            )),
+            Error::Handler(e) => Advice::bug(format!(
+                "cannot install the SIGSYS handler for seccomp: {e}"
+            )),
+            Error::Install { thread, source } => Advice::new(
+                format!("cannot install the seccomp filter of the {thread} thread: {source}"),
+                "a kernel without seccomp filters needs --seccomp=off",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
 
 // KVM ioctls (include/uapi/linux/kvm.h).
 const KVMIO: u32 = kvm_bindings::KVMIO;
@@ -234,6 +258,17 @@ const VMM_ONLY: &[i64] = &[
     libc::SYS_access,
     libc::SYS_faccessat,
     libc::SYS_faccessat2,
+    // Removing the API socket on the way out.
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
+
+/// Only on the API thread: accepting connections and their timeouts.
+const API_ONLY: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_setsockopt,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
 ];
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;
@@ -280,12 +315,14 @@ pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
     let only = match thread {
         Thread::Vmm => VMM_ONLY,
         Thread::Vcpu => VCPU_ONLY,
+        Thread::Api => API_ONLY,
         Thread::P2p => &[],
     };
     let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
     let ioctls = match thread {
         Thread::Vmm => vmm_ioctls(),
         Thread::Vcpu => vcpu_ioctls(),
+        Thread::Api => vec![libc::FIONBIO],
         Thread::P2p => p2p_ioctls(),
     };
     rules.insert(libc::SYS_ioctl, any_of(1, &ioctls)?);
@@ -342,8 +379,9 @@ fn remember_thread_name() {
     THREAD_NAME.with(|n| n.set(name));
 }
 
-/// Installs [`on_sigsys`] for SIGSYS, once per process.
-fn install_handler() -> Result<(), Error> {
+/// Installs [`on_sigsys`] for SIGSYS, once per process. [`crate::signals`] installs it at
+/// the start too, so a SIGSYS another process sends is ignored with or without filters.
+pub fn install_handler() -> Result<(), Error> {
     static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
     let result = RESULT.get_or_init(|| {
         // SAFETY: sigaction is plain data; zeroed is a valid empty mask and no flags.
@@ -410,8 +448,8 @@ impl Line {
     }
 }
 
-/// The message for a trapped `syscall` (None: a SIGSYS not sent by seccomp) in thread `name`.
-fn message(name: &[u8], syscall: Option<libc::c_int>) -> Line {
+/// The message for a trapped `syscall` in thread `name`.
+fn message(name: &[u8], syscall: libc::c_int) -> Line {
     let mut line = Line {
         buf: [0; 160],
         len: 0,
@@ -419,26 +457,26 @@ fn message(name: &[u8], syscall: Option<libc::c_int>) -> Line {
     let name = name.split(|&b| b == 0).next().unwrap_or_default();
     line.push(b"vmm: seccomp: thread ");
     line.push(if name.is_empty() { b"?" } else { name });
-    match syscall {
-        Some(nr) => {
-            line.push(b" made forbidden syscall ");
-            line.push_number(nr);
-        }
-        None => line.push(b" got SIGSYS"),
-    }
+    line.push(b" made forbidden syscall ");
+    line.push_number(syscall);
     line.push(b" (run with --seccomp=off to debug, and report it)\n");
     line
 }
 
-/// SIGSYS: terminal back, one line on stderr, exit. Async-signal-safe: no allocation, no
-/// locks; tcsetattr, write and _exit only (all allowed by every filter).
+/// SIGSYS from a filter: terminal back, one line on stderr, exit. A SIGSYS another process
+/// sent (kill, sigqueue) is ignored: SIGSYS is the filters' signal and cannot be blocked for
+/// the main loop (the kernel would force a filter's SIGSYS past the block to the default
+/// action). Async-signal-safe: no allocation, no locks; tcsetattr, write and _exit only (all
+/// allowed by every filter).
 extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t with SA_SIGINFO; SigsysInfo is its layout
     // for SIGSYS and no larger.
     let info = unsafe { &*info.cast::<SigsysInfo>() };
-    let syscall = (info.code == SYS_SECCOMP).then_some(info.syscall);
+    if info.code != SYS_SECCOMP {
+        return;
+    }
     let name = THREAD_NAME.with(Cell::get);
-    let line = message(&name, syscall);
+    let line = message(&name, info.syscall);
     crate::console::restore_terminal();
     // SAFETY: writes `len` initialized bytes of a live stack buffer, then ends the process.
     unsafe {
@@ -453,7 +491,7 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        for thread in [Thread::Vmm, Thread::Vcpu, Thread::P2p] {
+        for thread in [Thread::Vmm, Thread::Vcpu, Thread::Api, Thread::P2p] {
             let bpf = program(thread).unwrap();
             assert!(
                 bpf.len() > 50 && bpf.len() < 1024,
@@ -515,19 +553,18 @@ mod tests {
         let mut name = [0u8; 16];
         name[..5].copy_from_slice(b"vcpu0");
         assert_eq!(
-            text(&message(&name, Some(41))),
+            text(&message(&name, 41)),
             "vmm: seccomp: thread vcpu0 made forbidden syscall 41 \
              (run with --seccomp=off to debug, and report it)\n"
         );
         assert_eq!(
-            text(&message(b"vmm", Some(0))),
+            text(&message(b"vmm", 0)),
             "vmm: seccomp: thread vmm made forbidden syscall 0 \
              (run with --seccomp=off to debug, and report it)\n"
         );
-        assert!(text(&message(&[0; 16], Some(-7)))
+        assert!(text(&message(&[0; 16], -7))
             .starts_with("vmm: seccomp: thread ? made forbidden syscall -7 "));
-        assert!(text(&message(b"x", None)).contains("thread x got SIGSYS"));
-        let max = message(&[b'n'; 16], Some(i32::MIN));
+        let max = message(&[b'n'; 16], i32::MIN);
         assert!(text(&max).contains(" -2147483648 ") && text(&max).ends_with('\n'));
     }
 }

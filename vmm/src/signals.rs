@@ -1,8 +1,17 @@
-//! SIGINT, SIGTERM and SIGHUP end the guest in order instead of killing the process: they are
-//! blocked in every thread from the start ([`block_exit_signals`], inherited by the vCPU
+//! Every catchable signal whose default would end vmm ends the guest in order instead: they
+//! are blocked in every thread from the start ([`block_exit_signals`], inherited by the vCPU
 //! threads) and read from a signalfd by the main loop ([`SignalWatch`]), which turns them into
 //! [`ExitReason::Signal`]. The process then stops its vCPUs, quiesces and releases its
 //! devices, puts managed devices back and exits with status 128 + the signal number.
+//!
+//! The set ([`exit_signals`]): SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM,
+//! SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT, SIGXCPU, SIGXFSZ, the real-time signals but
+//! the first (which kicks vCPU threads), and the fault signals SIGILL, SIGTRAP, SIGABRT,
+//! SIGBUS, SIGFPE and SIGSEGV when another process sends them: a real fault (or abort()) is
+//! forced through the block by the kernel and still ends the process the way it must.
+//! Ignored: SIGPIPE (Rust's default; a write to a closed pipe fails with EPIPE instead) and a
+//! SIGSYS another process sends (SIGSYS belongs to the seccomp filters, see
+//! [`crate::seccomp`]).
 
 use devices::{ExitReason, GuestExit};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -12,8 +21,37 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use vmm_sys_util::epoll::EventSet;
 
-/// The signals that stop the guest in order.
-pub const EXIT_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// The signals that stop the guest in order, by name (the real-time ones come from
+/// [`exit_signals`]).
+const NAMED: [(libc::c_int, &str); 20] = [
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGQUIT, "SIGQUIT"),
+    (libc::SIGILL, "SIGILL"),
+    (libc::SIGTRAP, "SIGTRAP"),
+    (libc::SIGABRT, "SIGABRT"),
+    (libc::SIGBUS, "SIGBUS"),
+    (libc::SIGFPE, "SIGFPE"),
+    (libc::SIGUSR1, "SIGUSR1"),
+    (libc::SIGSEGV, "SIGSEGV"),
+    (libc::SIGUSR2, "SIGUSR2"),
+    (libc::SIGALRM, "SIGALRM"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGSTKFLT, "SIGSTKFLT"),
+    (libc::SIGXCPU, "SIGXCPU"),
+    (libc::SIGXFSZ, "SIGXFSZ"),
+    (libc::SIGVTALRM, "SIGVTALRM"),
+    (libc::SIGPROF, "SIGPROF"),
+    (libc::SIGIO, "SIGIO"),
+    (libc::SIGPWR, "SIGPWR"),
+];
+
+/// Every signal that stops the guest in order: the named ones and the real-time signals
+/// after the vCPU kick (`SIGRTMIN`).
+pub fn exit_signals() -> Vec<libc::c_int> {
+    let realtime = libc::SIGRTMIN() + 1..=libc::SIGRTMAX();
+    NAMED.iter().map(|(sig, _)| *sig).chain(realtime).collect()
+}
 
 fn exit_sigset() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -21,7 +59,7 @@ fn exit_sigset() -> libc::sigset_t {
     // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
     unsafe {
         libc::sigemptyset(&mut set);
-        for sig in EXIT_SIGNALS {
+        for sig in exit_signals() {
             libc::sigaddset(&mut set, sig);
         }
     }
@@ -33,12 +71,13 @@ fn exit_sigset() -> libc::sigset_t {
 ///
 /// Their dispositions are reset to the default first: a shell starts background jobs with
 /// SIGINT ignored, and an ignored signal is discarded even while blocked. (QEMU also handles
-/// all three whatever it inherited.)
+/// SIGINT, SIGTERM and SIGHUP whatever it inherited.)
 pub fn block_exit_signals() -> std::io::Result<()> {
-    for sig in EXIT_SIGNALS {
+    for sig in exit_signals() {
         // SAFETY: SIG_DFL for a standard signal; no handler code is involved.
         unsafe { libc::signal(sig, libc::SIG_DFL) };
     }
+    crate::seccomp::install_handler().map_err(|e| std::io::Error::other(e.to_string()))?;
     let set = exit_sigset();
     // SAFETY: valid sigset; the old mask is not wanted.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -48,13 +87,15 @@ pub fn block_exit_signals() -> std::io::Result<()> {
     }
 }
 
-/// The name of a signal, for messages.
+/// The name of a signal, for messages: `SIGTERM`, `SIGRTMIN+3`.
 pub fn name(sig: libc::c_int) -> String {
-    match sig {
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGHUP => "SIGHUP".into(),
-        n => format!("signal {n}"),
+    if let Some((_, name)) = NAMED.iter().find(|(s, _)| *s == sig) {
+        return (*name).into();
+    }
+    match sig - libc::SIGRTMIN() {
+        0 => "SIGRTMIN".into(),
+        k if k > 0 && sig <= libc::SIGRTMAX() => format!("SIGRTMIN+{k}"),
+        _ => format!("signal {sig}"),
     }
 }
 
@@ -65,7 +106,7 @@ pub struct SignalWatch {
 }
 
 impl SignalWatch {
-    /// A signalfd for [`EXIT_SIGNALS`] (they must be blocked: [`block_exit_signals`]).
+    /// A signalfd for [`exit_signals`] (they must be blocked: [`block_exit_signals`]).
     pub fn new(exit: Arc<GuestExit>) -> std::io::Result<Self> {
         let set = exit_sigset();
         // SAFETY: -1 asks for a new descriptor; `set` is valid.
@@ -110,7 +151,43 @@ mod tests {
         assert_eq!(name(libc::SIGTERM), "SIGTERM");
         assert_eq!(name(libc::SIGHUP), "SIGHUP");
         assert_eq!(name(libc::SIGINT), "SIGINT");
-        assert_eq!(name(10), "signal 10");
+        assert_eq!(name(libc::SIGQUIT), "SIGQUIT");
+        assert_eq!(name(libc::SIGRTMIN() + 2), "SIGRTMIN+2");
+        assert_eq!(name(0), "signal 0");
+    }
+
+    #[test]
+    fn every_terminating_signal_but_the_kick_and_sigpipe() {
+        let set = exit_signals();
+        for sig in [
+            libc::SIGQUIT,
+            libc::SIGUSR1,
+            libc::SIGALRM,
+            libc::SIGSEGV,
+            libc::SIGXFSZ,
+        ] {
+            assert!(set.contains(&sig), "{}", name(sig));
+        }
+        assert!(
+            !set.contains(&libc::SIGRTMIN()),
+            "the vCPU kick stays deliverable"
+        );
+        assert!(set.contains(&libc::SIGRTMAX()));
+        assert!(!set.contains(&libc::SIGPIPE), "SIGPIPE stays ignored");
+        assert!(!set.contains(&libc::SIGSYS), "SIGSYS belongs to seccomp");
+        for sig in [
+            libc::SIGCHLD,
+            libc::SIGKILL,
+            libc::SIGSTOP,
+            libc::SIGCONT,
+            libc::SIGWINCH,
+        ] {
+            assert!(!set.contains(&sig), "{}", name(sig));
+        }
+        assert_eq!(
+            set.len(),
+            NAMED.len() + (libc::SIGRTMAX() - libc::SIGRTMIN()) as usize
+        );
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! exit with `--stats` (text) or `--stats=json`, on stderr. Passed-through devices'
 //! interrupts never show up here: they go from VFIO eventfds to KVM irqfds in the kernel.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Output format of `--stats`.
@@ -50,15 +49,23 @@ impl ExitCounts {
     }
 }
 
-/// Everything `--stats` prints.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// Everything `--stats` prints; in JSON one object per group, counters in their order.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     /// Exits by kind.
+    #[serde(serialize_with = "as_object")]
     pub exits: Vec<(String, u64)>,
     /// Trapped accesses by device ("pio:NAME" / "mmio:NAME").
+    #[serde(serialize_with = "as_object")]
     pub trapped: Vec<(String, u64)>,
     /// Interrupts the VMM injected, by source.
+    #[serde(serialize_with = "as_object")]
     pub injected: Vec<(String, u64)>,
+}
+
+/// Name-count pairs as one JSON object, in their order.
+fn as_object<S: serde::Serializer>(pairs: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
 }
 
 impl Report {
@@ -103,36 +110,10 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join("\n"),
             Format::Json => {
-                let mut out = String::from("{");
-                for (i, (g, items)) in groups.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { "," };
-                    let _ = write!(out, "{sep}\"{g}\":{{");
-                    for (j, (k, v)) in items.iter().enumerate() {
-                        let sep = if j == 0 { "" } else { "," };
-                        let _ = write!(out, "{sep}\"{}\":{v}", json_escape(k));
-                    }
-                    out.push('}');
-                }
-                out.push('}');
-                out
+                serde_json::to_string(self).expect("strings and numbers always serialize")
             }
         }
     }
-}
-
-pub(crate) fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -163,7 +144,14 @@ mod tests {
             "{\"exits\":{\"io_out\":3},\"trapped\":{\"pio:com1\":2,\"mmio:0000:00:04.0 BAR0\":1},\
              \"injected\":{\"serial\":5}}"
         );
-        assert_eq!(json_escape("a\"b\\c\n"), "a\\\"b\\\\c\\u000a");
+        let odd = Report {
+            trapped: vec![("mmio:a\"b\\c\n".into(), 1)],
+            ..Default::default()
+        };
+        assert_eq!(
+            odd.render(Format::Json),
+            r#"{"exits":{},"trapped":{"mmio:a\"b\\c\n":1},"injected":{}}"#
+        );
     }
 
     #[test]

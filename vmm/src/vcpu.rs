@@ -1,11 +1,14 @@
 //! A vCPU on its own named thread: run, route each exit to the PIO or MMIO bus, stop on
 //! the first exit reason. [`handle_exit`] is a plain function so it can be tested alone.
+//!
+//! [`Running`] starts, pauses, resumes and stops the threads through one [`Control`]: a
+//! thread looks at it whenever KVM_RUN returns, and a kick (a signal) makes KVM_RUN return.
+//! A paused thread parks outside KVM_RUN until it is resumed or stopped.
 
 use crate::stats::ExitCounts;
 use devices::{Bus, ExitReason, GuestExit};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::signal::Killable;
@@ -82,6 +85,57 @@ pub fn handle_exit(exit: VcpuExit<'_>, routes: &Routes) -> Action {
     Action::Continue
 }
 
+/// What the vCPU threads are asked to do, and how many of them are parked.
+#[derive(Default)]
+pub struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ControlState {
+    stop: bool,
+    pause: bool,
+    parked: usize,
+}
+
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU thread between two KVM_RUNs: parks while a pause is asked. Returns
+    /// false when the thread must stop.
+    fn checkpoint(&self) -> bool {
+        let mut state = self.lock();
+        if state.pause && !state.stop {
+            state.parked += 1;
+            self.changed.notify_all();
+            while state.pause && !state.stop {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.parked -= 1;
+            self.changed.notify_all();
+        }
+        !state.stop
+    }
+
+    fn set(&self, f: impl FnOnce(&mut ControlState)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `n` threads are parked (or `patience` passed): true when they are.
+    fn wait_parked(&self, n: usize, patience: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .changed
+            .wait_timeout_while(state, patience, |s| s.parked < n && !s.stop)
+            .unwrap_or_else(|e| e.into_inner());
+        state.parked >= n
+    }
+}
+
 /// One vCPU and what it routes to.
 pub struct Vcpu {
     /// The KVM vCPU.
@@ -97,15 +151,15 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// Starts the vCPU on a thread named `vcpuN`; it runs until the guest stops or `stop`
-    /// is set (and the thread kicked, see [`Running::stop`]). A panic on the thread becomes
+    /// Starts the vCPU on a thread named `vcpuN`; it runs until the guest stops or `control`
+    /// says to stop (and the thread is kicked, see [`Running::stop`]). A panic on the thread becomes
     /// [`ExitReason::Failure`], so the main thread still tears the VM down in order.
-    pub fn spawn(self, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn(self, control: Arc<Control>) -> std::io::Result<JoinHandle<()>> {
         let (exit, index) = (self.exit.clone(), self.index);
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let run = std::panic::AssertUnwindSafe(|| self.run(&stop));
+                let run = std::panic::AssertUnwindSafe(|| self.run(&control));
                 if let Err(panic) = std::panic::catch_unwind(run) {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -119,16 +173,16 @@ impl Vcpu {
             })
     }
 
-    fn run(mut self, stop: &AtomicBool) {
+    fn run(mut self, control: &Control) {
         if let Err(e) = crate::seccomp::apply_if(self.seccomp, crate::seccomp::Thread::Vcpu) {
             return self
                 .exit
                 .request(ExitReason::Failure(format!("vcpu{}: {e}", self.index)));
         }
-        while !stop.load(Ordering::Acquire) {
+        while control.checkpoint() {
             let action = match self.fd.run() {
                 Ok(exit) => handle_exit(exit, &self.routes),
-                // A kick (or any signal): look at `stop` again.
+                // A kick (or any signal): look at `control` again.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
                 Err(e) => {
                     let what = format!("vcpu{}: KVM_RUN failed: {e}", self.index);
@@ -149,7 +203,7 @@ impl Vcpu {
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN (its handler does nothing: the
-/// interrupted ioctl returns EINTR and the loop sees `stop`).
+/// interrupted ioctl returns EINTR and the loop looks at its [`Control`]).
 fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
@@ -159,7 +213,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// The running vCPU threads.
 pub struct Running {
     threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
 }
 
 impl Running {
@@ -167,16 +221,49 @@ impl Running {
     pub fn start(vcpus: Vec<Vcpu>) -> std::io::Result<Self> {
         vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
             .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         let mut running = Self {
             threads: Vec::new(),
-            stop: stop.clone(),
+            control: control.clone(),
         };
         for vcpu in vcpus {
             // On failure `running` drops: the threads already started are stopped.
-            running.threads.push(vcpu.spawn(stop.clone())?);
+            running.threads.push(vcpu.spawn(control.clone())?);
         }
         Ok(running)
+    }
+
+    /// Kicks every thread still running out of KVM_RUN.
+    fn kick(&self) {
+        for t in self.threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Parks every vCPU outside KVM_RUN; true once all are parked within `patience` (a
+    /// thread busy in a device access may take a moment).
+    pub fn pause(&self, patience: Duration) -> bool {
+        self.control.set(|s| s.pause = true);
+        let live = self.threads.iter().filter(|t| !t.is_finished()).count();
+        let deadline = Instant::now() + patience;
+        // A kick can land just before a thread enters KVM_RUN: kick until all are parked.
+        while Instant::now() < deadline {
+            self.kick();
+            if self.control.wait_parked(live, Duration::from_millis(10)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.control.set(|s| s.pause = false);
+    }
+
+    /// Whether a pause is in force.
+    pub fn paused(&self) -> bool {
+        self.control.lock().pause
     }
 
     /// Stops every vCPU and joins its thread. A thread is kicked until it ends (a kick can
@@ -187,16 +274,14 @@ impl Running {
     }
 
     fn stop_threads(&mut self, patience: Duration) -> bool {
-        self.stop.store(true, Ordering::Release);
+        self.control.set(|s| s.stop = true);
         let deadline = Instant::now() + patience;
         while self.threads.iter().any(|t| !t.is_finished()) {
             if Instant::now() > deadline {
                 log::warn!("a vCPU thread did not stop within {patience:?}; leaving it");
                 return false;
             }
-            for t in self.threads.iter().filter(|t| !t.is_finished()) {
-                let _ = t.kill(kick_signal());
-            }
+            self.kick();
             std::thread::sleep(Duration::from_millis(2));
         }
         for t in self.threads.drain(..) {
@@ -251,7 +336,49 @@ pub fn registers(fd: &VcpuFd) -> String {
 mod tests {
     use super::*;
     use devices::BusDevice;
-    use std::sync::Mutex;
+
+    /// Threads that loop on `checkpoint` like vCPU threads (without KVM): they park on a
+    /// pause, run on resume and end on stop.
+    #[test]
+    fn control_parks_resumes_and_stops_threads() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let control = Arc::new(Control::default());
+        let laps = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (control, laps) = (control.clone(), laps.clone());
+                std::thread::spawn(move || {
+                    while control.checkpoint() {
+                        laps.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                })
+            })
+            .collect();
+        control.set(|s| s.pause = true);
+        assert!(
+            control.wait_parked(3, Duration::from_secs(5)),
+            "all three park"
+        );
+        let parked_at = laps.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            laps.load(Ordering::Relaxed),
+            parked_at,
+            "no lap while paused"
+        );
+        control.set(|s| s.pause = false);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(laps.load(Ordering::Relaxed) > parked_at, "running again");
+        control.set(|s| s.pause = true);
+        assert!(control.wait_parked(3, Duration::from_secs(5)));
+        // Stop while paused: parked threads end too.
+        control.set(|s| s.stop = true);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(!control.checkpoint(), "a stopped control says stop");
+    }
 
     struct Answer(u8);
 

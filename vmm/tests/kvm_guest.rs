@@ -3,126 +3,10 @@
 //!
 //! These need /dev/kvm. They fail (never skip) when it is missing.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-const VMM: &str = env!("CARGO_BIN_EXE_vmm");
-const LOAD_ADDR: u64 = 0x10_0000;
-
-/// A minimal ELF64 executable: one PT_LOAD segment at 1 MiB holding the headers and `code`,
-/// entry right after the headers; with `pvh`, also a PT_NOTE with the Xen PVH entry note
-/// pointing at the same code (which must then be 32-bit code).
-fn elf_with(code: &[u8], pvh: bool) -> Vec<u8> {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    const NOTE: usize = 20;
-    let phnum = if pvh { 2 } else { 1 };
-    let note_off = EHDR + PHDR * phnum;
-    let code_off = note_off + if pvh { NOTE } else { 0 };
-    let entry = LOAD_ADDR + code_off as u64;
-    let total = (code_off + code.len()) as u64;
-    let mut f = Vec::new();
-    let put = |f: &mut Vec<u8>, bytes: &[u8]| f.extend_from_slice(bytes);
-    put(&mut f, b"\x7fELF\x02\x01\x01");
-    f.resize(16, 0);
-    put(&mut f, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut f, &0x3eu16.to_le_bytes()); // x86_64
-    put(&mut f, &1u32.to_le_bytes());
-    put(&mut f, &entry.to_le_bytes());
-    put(&mut f, &(EHDR as u64).to_le_bytes()); // phoff
-    put(&mut f, &0u64.to_le_bytes()); // shoff
-    put(&mut f, &0u32.to_le_bytes()); // flags
-    for v in [EHDR as u16, PHDR as u16, phnum as u16, 0, 0, 0] {
-        put(&mut f, &v.to_le_bytes());
-    }
-    put(&mut f, &1u32.to_le_bytes()); // PT_LOAD
-    put(&mut f, &7u32.to_le_bytes()); // RWX
-    for v in [0, LOAD_ADDR, LOAD_ADDR, total, total, 0x1000] {
-        put(&mut f, &v.to_le_bytes());
-    }
-    if pvh {
-        put(&mut f, &4u32.to_le_bytes()); // PT_NOTE
-        put(&mut f, &4u32.to_le_bytes());
-        for v in [note_off as u64, 0, 0, NOTE as u64, NOTE as u64, 4] {
-            put(&mut f, &v.to_le_bytes());
-        }
-        // namesz 4, descsz 4, type 18 (XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", entry.
-        for v in [4u32, 4, 18] {
-            put(&mut f, &v.to_le_bytes());
-        }
-        put(&mut f, b"Xen\0");
-        put(&mut f, &(entry as u32).to_le_bytes());
-    }
-    put(&mut f, code);
-    f
-}
-
-fn elf(code: &[u8]) -> Vec<u8> {
-    elf_with(code, false)
-}
-
-/// `mov dx, port`
-fn mov_dx(port: u16) -> Vec<u8> {
-    let mut v = vec![0x66, 0xba];
-    v.extend_from_slice(&port.to_le_bytes());
-    v
-}
-
-/// `mov al, byte; out dx, al` for each byte.
-fn out_bytes(bytes: &[u8]) -> Vec<u8> {
-    bytes.iter().flat_map(|&b| [0xb0, b, 0xee]).collect()
-}
-
-/// Writes `msg` to COM1 without waiting for THRE (the emulated UART never fills).
-fn print(msg: &[u8]) -> Vec<u8> {
-    [mov_dx(0x3f8), out_bytes(msg)].concat()
-}
-
-/// `mov al, value; out imm8, al`
-fn out_imm(port: u8, value: u8) -> Vec<u8> {
-    vec![0xb0, value, 0xe6, port]
-}
-
-const HLT_LOOP: [u8; 3] = [0xf4, 0xeb, 0xfd];
-const SPIN: [u8; 2] = [0xeb, 0xfe];
-const UD2: [u8; 2] = [0x0f, 0x0b];
-
-struct Guest {
-    path: PathBuf,
-}
-
-impl Guest {
-    fn new(name: &str, code: &[u8]) -> Guest {
-        Self::from_image(name, &elf(code))
-    }
-
-    fn from_image(name: &str, image: &[u8]) -> Guest {
-        let dir = std::env::temp_dir().join(format!("vmm-kvm-tests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.elf"));
-        std::fs::write(&path, image).unwrap();
-        Guest { path }
-    }
-
-    fn run(&self, extra: &[&str]) -> Output {
-        assert!(
-            std::path::Path::new("/dev/kvm").exists(),
-            "these tests need /dev/kvm on the host running them"
-        );
-        Command::new(VMM)
-            .arg("--kernel")
-            .arg(&self.path)
-            .args(["--memory", "16M"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run vmm")
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::*;
+use std::process::{Command, Output, Stdio};
 
 #[test]
 fn serial_output_reaches_stdout_and_debug_exit_sets_status() {
@@ -283,6 +167,21 @@ fn memory_above_4g_is_accepted() {
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
 }
 
+/// The longest `--timeout` vmm accepts is one the timer takes.
+#[test]
+fn longest_timeout_is_accepted_by_the_timer() {
+    let code = [out_imm(0xf4, 4), HLT_LOOP.to_vec()].concat();
+    let guest = Guest::new("long-timeout", &code);
+    let longest = vmm::config::MAX_TIMEOUT_SECS.to_string();
+    let out = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&guest.path)
+        .args(["--memory", "16M", "--debug-exit", "--timeout", &longest])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out.stderr));
+}
+
 /// Bad input: exactly one line on stderr, status 1, no panic.
 fn rejects(args: &[&str], needle: &str) {
     let out = Command::new(VMM).args(args).output().unwrap();
@@ -304,23 +203,23 @@ fn bad_input_is_one_clear_line() {
     let not_a_kernel = not_a_kernel.to_str().unwrap();
     rejects(
         &["--kernel", "/nonexistent/bzImage"],
-        "cannot read kernel '/nonexistent/bzImage'",
+        "cannot read --kernel /nonexistent/bzImage: No such file or directory",
     );
-    rejects(&["--kernel", "/"], "cannot read kernel '/'");
+    rejects(&["--kernel", "/"], "--kernel / is a directory, not a file");
     rejects(&["--kernel", not_a_kernel], "is not a Linux kernel");
     rejects(
         &["--kernel", tiny, "--initramfs", "/nonexistent/rd"],
-        "cannot read initramfs",
+        "cannot read --initramfs /nonexistent/rd",
     );
     rejects(
         &["--kernel", tiny, "--memory", "1M"],
-        "guest memory is too small",
+        "--memory 1 MiB is too small for --kernel ",
     );
     rejects(
         &["--kernel", tiny, "--memory", "1000T"],
         "more than this host's",
     );
-    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus 0");
+    rejects(&["--kernel", tiny, "--cpus", "0"], "--cpus '0'");
     rejects(&["--kernel", tiny, "--bogus"], "unknown option '--bogus'");
     rejects(&[], "no kernel given");
 }
@@ -345,33 +244,6 @@ fn help_documents_every_option() {
     }
 }
 
-/// Starts vmm (with `args`, stdin from `stdin`) on a guest that prints "ready" and then
-/// spins, and returns once the guest has printed it: the VM runs.
-fn start_spinning_guest(name: &str, args: &[&str], stdin: std::process::Stdio) -> Child {
-    use std::io::Read;
-    let code = [print(b"ready\n"), SPIN.to_vec()].concat();
-    let guest = Guest::new(name, &code);
-    let mut child = Command::new(VMM)
-        .arg("--kernel")
-        .arg(&guest.path)
-        .args(["--memory", "16M", "--timeout", "60"])
-        .args(args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.as_mut().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"ready\n") {
-        let n = stdout.read(&mut byte).unwrap();
-        assert_eq!(n, 1, "guest output ended early");
-        seen.push(byte[0]);
-    }
-    child
-}
-
 /// Starts vmm on a 2-vCPU guest that prints "ready" and then spins (the AP sits in KVM
 /// waiting for a SIPI), sends `sig` once the guest runs, and returns the result and how long
 /// the VMM took to stop.
@@ -385,13 +257,36 @@ fn stop_with_signal(name: &str, sig: i32) -> (Output, std::time::Duration) {
 }
 
 #[test]
-fn sigint_sigterm_sighup_stop_the_guest_in_order() {
-    for (sig, name) in [
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGHUP, "SIGHUP"),
-    ] {
-        let (out, took) = stop_with_signal(&name.to_lowercase(), sig);
+fn every_terminating_signal_stops_the_guest_in_order() {
+    let mut signals = vec![
+        (libc::SIGINT, "SIGINT".to_string()),
+        (libc::SIGTERM, "SIGTERM".into()),
+        (libc::SIGHUP, "SIGHUP".into()),
+        (libc::SIGQUIT, "SIGQUIT".into()),
+        (libc::SIGUSR1, "SIGUSR1".into()),
+        (libc::SIGUSR2, "SIGUSR2".into()),
+        (libc::SIGALRM, "SIGALRM".into()),
+        (libc::SIGVTALRM, "SIGVTALRM".into()),
+        (libc::SIGPROF, "SIGPROF".into()),
+        (libc::SIGIO, "SIGIO".into()),
+        (libc::SIGPWR, "SIGPWR".into()),
+        (libc::SIGSTKFLT, "SIGSTKFLT".into()),
+        (libc::SIGXCPU, "SIGXCPU".into()),
+        (libc::SIGXFSZ, "SIGXFSZ".into()),
+        // Fault signals sent by another process (a real fault still kills at once).
+        (libc::SIGSEGV, "SIGSEGV".into()),
+        (libc::SIGBUS, "SIGBUS".into()),
+        (libc::SIGILL, "SIGILL".into()),
+        (libc::SIGFPE, "SIGFPE".into()),
+        (libc::SIGTRAP, "SIGTRAP".into()),
+        (libc::SIGABRT, "SIGABRT".into()),
+    ];
+    // The first real-time signal kicks vCPUs; every other one is an exit signal.
+    signals.push((libc::SIGRTMIN() + 1, "SIGRTMIN+1".into()));
+    let max = libc::SIGRTMAX();
+    signals.push((max, format!("SIGRTMIN+{}", max - libc::SIGRTMIN())));
+    for (sig, name) in signals {
+        let (out, took) = stop_with_signal(&name.to_lowercase().replace('+', "-"), sig);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(128 + sig), "{name}: {err}");
         assert_eq!(err, format!("vmm: stopped by {name}\n"), "{name}");
@@ -399,8 +294,32 @@ fn sigint_sigterm_sighup_stop_the_guest_in_order() {
     }
 }
 
+/// SIGPIPE (writes fail with EPIPE instead) and a SIGSYS another process sends (SIGSYS
+/// belongs to the seccomp filters) are ignored: the guest keeps running.
 #[test]
-fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
+fn sigpipe_and_a_sent_sigsys_are_ignored() {
+    let mut child = start_spinning_guest("ignored", &[], Stdio::null());
+    for sig in [libc::SIGPIPE, libc::SIGSYS, libc::SIGCHLD, libc::SIGWINCH] {
+        // SAFETY: signals our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "vmm: stopped by SIGTERM\n");
+}
+
+#[test]
+fn sigterm_and_sigquit_restore_the_terminal_the_guest_had_in_raw_mode() {
+    for sig in [libc::SIGTERM, libc::SIGQUIT] {
+        signal_restores_the_terminal(sig);
+    }
+}
+
+fn signal_restores_the_terminal(sig: i32) {
     use std::os::fd::{FromRawFd, OwnedFd};
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two descriptors into the given ints; the other pointers may be null.
@@ -435,9 +354,9 @@ fn sigterm_restores_the_terminal_the_guest_had_in_raw_mode() {
         "raw while the guest runs"
     );
     // SAFETY: signals our own child process.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(128 + sig), "{}", text(&out.stderr));
     let after = termios(&slave);
     assert_eq!(after.c_lflag, before.c_lflag, "terminal restored");
     assert_eq!(after.c_iflag, before.c_iflag, "terminal restored");
@@ -486,4 +405,62 @@ fn every_thread_runs_under_its_seccomp_filter_unless_off() {
         assert_eq!(out.status.code(), Some(143), "{flag}: {err}");
         assert_eq!(err, "vmm: stopped by SIGTERM\n", "{flag}");
     }
+}
+
+/// A bzImage whose 64-bit entry writes the last quadword of its decompression area
+/// (`pref_address + init_size`), reads it back, and reports through debug-exit: 0x21 when
+/// the memory is RAM, 0x13 when not.
+fn bzimage_probing_its_end(pref: u64, init_size: u32) -> Vec<u8> {
+    let probe = pref + u64::from(init_size) - 8;
+    let mut code = vec![0x48, 0xb8]; // mov rax, probe
+    code.extend_from_slice(&probe.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0xc7, 0x00, 0x5a, 0x5a, 0x5a, 0x5a]); // mov qword [rax], imm
+    code.extend_from_slice(&[0x48, 0x8b, 0x18]); // mov rbx, [rax]
+    code.extend_from_slice(&[0x48, 0x81, 0xfb, 0x5a, 0x5a, 0x5a, 0x5a]); // cmp rbx, imm
+    code.extend_from_slice(&[0x75, 0x07]); // jne bad
+    code.extend_from_slice(&out_imm(0xf4, 0x21));
+    code.extend_from_slice(&HLT_LOOP);
+    code.extend_from_slice(&out_imm(0xf4, 0x13)); // bad:
+    code.extend_from_slice(&HLT_LOOP);
+    let mut image = arch::kernel::fixtures::bzimage_bytes(pref, init_size, 0x200 + code.len());
+    // Protected-mode code starts after the setup sectors; the 64-bit entry is 0x200 in.
+    let entry = (usize::from(image[0x1f1]) + 1) * 512 + 0x200;
+    image[entry..entry + code.len()].copy_from_slice(&code);
+    image
+}
+
+/// The smallest `--memory` vmm accepts for a kernel comes from the kernel's header: at that
+/// size the kernel's entry runs and its whole decompression area is RAM; one MiB less is
+/// refused before the guest starts.
+#[test]
+fn memory_minimum_comes_from_the_kernel_header() {
+    // Runs at 2 MiB and decompresses into 31 MiB: needs RAM up to 33 MiB.
+    let guest = Guest::from_image("minimum", &bzimage_probing_its_end(0x20_0000, 0x1f0_0000));
+    let run = |mem: &str| {
+        Command::new(VMM)
+            .arg("--kernel")
+            .arg(&guest.path)
+            .args(["--memory", mem, "--debug-exit", "--timeout", "20"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run("33M");
+    assert_eq!(
+        out.status.code(),
+        Some((0x21 << 1) | 1),
+        "the kernel's entry ran and found RAM at its end: {}",
+        text(&out.stderr)
+    );
+    let out = run("32M");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "vmm: --memory 32 MiB is too small for --kernel {}: it runs at 2 MiB and \
+             decompresses into 31 MiB, up to 33 MiB; use --memory 33M or more\n",
+            guest.path.display()
+        )
+    );
 }

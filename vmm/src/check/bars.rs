@@ -334,7 +334,7 @@ mod tests {
             got[1],
             "FAIL    BAR 2: 0000:00:10.0: BAR 2 (128 GiB, 64-bit) does not fit below the guest's \
              37-bit physical address limit (128 GiB): the 64-bit BARs start above guest RAM at \
-             0x100000000 and this one would end past 0x2000000000: raise phys-bits= in --memory \
+             0x100000000 and this one would end past 0x2000000000; raise phys-bits= in --memory \
              (this host's KVM allows up to 40 bits) or pass fewer or smaller BARs"
         );
         assert!(lines(&[SysBars::default()], None)[0].starts_with("PASS    expansion ROM: "));

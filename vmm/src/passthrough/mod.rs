@@ -24,6 +24,7 @@ use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
 use pci::{BarKind, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
 use resources::layout::PCI_ECAM_START;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use vfio::backend::INTX_IRQ;
@@ -37,16 +38,13 @@ const INTERRUPT_REG: usize = 0x3c / 4;
 const MAX_ROMFILE: u64 = 1 << 31;
 
 /// Errors attaching passed-through devices.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum Error {
     /// The host side refused (group, driver, permissions, memlock, DMA).
-    #[error(transparent)]
-    Host(#[from] vfio::host::Error),
+    Host(vfio::host::Error),
     /// sysfs lookups failed.
-    #[error(transparent)]
-    Sysfs(#[from] vfio::sysfs::Error),
+    Sysfs(vfio::sysfs::Error),
     /// The device's config space cannot be modelled.
-    #[error("{device}: {source}")]
     Model {
         /// Device name.
         device: String,
@@ -54,7 +52,6 @@ pub enum Error {
         source: vfio::Error,
     },
     /// No room for BARs or slots.
-    #[error("{device}: {source}")]
     Resources {
         /// Device name.
         device: String,
@@ -62,7 +59,6 @@ pub enum Error {
         source: pci::Error,
     },
     /// A KVM call failed.
-    #[error("KVM: cannot {what}: {source}")]
     Kvm {
         /// What.
         what: &'static str,
@@ -70,7 +66,6 @@ pub enum Error {
         source: kvm_ioctls::Error,
     },
     /// mmap of a BAR failed.
-    #[error("{device}: cannot mmap BAR {bar}: {source}")]
     Mmap {
         /// Device name.
         device: String,
@@ -79,20 +74,25 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// Two `--device` options name the same host device.
+    SameDevice {
+        /// The first spec.
+        first: String,
+        /// The second spec.
+        second: String,
+        /// The device both resolve to.
+        device: String,
+    },
     /// Bus layout clash (a bug).
-    #[error("PCI bus layout: {0}")]
-    Bus(#[from] devices::bus::Error),
+    Bus(devices::bus::Error),
     /// A 64-bit BAR does not fit below the guest's physical address width.
-    #[error("{}; {}", .0.problem, .0.fix)]
     BarTooLarge(TooLarge),
     /// The background mapper thread could not be started.
-    #[error("cannot start the thread that maps large BARs for peer-to-peer DMA: {source}")]
     Thread {
         /// Why.
         source: std::io::Error,
     },
     /// A `romfile=` that cannot be served.
-    #[error("romfile '{path}' of --device {device}: {reason}; give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump, see the README's GPU section) or drop romfile=")]
     RomFile {
         /// The device as given.
         device: String,
@@ -102,6 +102,61 @@ pub enum Error {
         reason: String,
     },
 }
+
+impl diag::Explain for Error {
+    fn advice(&self) -> diag::Advice {
+        use diag::Advice;
+        match self {
+            Error::Host(e) => e.advice(),
+            Error::Sysfs(e) => e.advice(),
+            Error::Model { device, source } => source.advice().within(device),
+            Error::Resources { device, source } => source.advice().within(device),
+            Error::Kvm { what, source } => Advice::new(
+                format!("KVM: cannot {what}: {source}"),
+                "check that KVM works on this host (dmesg)",
+            ),
+            Error::Mmap {
+                device,
+                bar,
+                source,
+            } => Advice::new(
+                format!("{device}: cannot mmap BAR {bar}: {source}"),
+                "check dmesg for what vfio-pci reported",
+            ),
+            Error::SameDevice {
+                first,
+                second,
+                device,
+            } => Advice::new(
+                format!("--device {first} and --device {second} are the same device {device}"),
+                "give each device once",
+            ),
+            Error::Bus(e) => e.advice(),
+            Error::BarTooLarge(t) => Advice::new(t.problem.clone(), t.fix.clone()),
+            Error::Thread { source } => Advice::new(
+                format!(
+                    "cannot start the thread that maps large BARs for peer-to-peer DMA: {source}"
+                ),
+                "check the process's limits (ulimit -u) and free memory",
+            ),
+            Error::RomFile {
+                device,
+                path,
+                reason,
+            } => Advice::new(
+                format!("romfile '{path}' of --device {device}: {reason}"),
+                "give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump, see the \
+                 README's GPU section) or drop romfile=",
+            ),
+        }
+    }
+}
+diag::explained!(Error);
+diag::wrap!(Error:
+    Host(vfio::host::Error),
+    Sysfs(vfio::sysfs::Error),
+    Bus(devices::bus::Error),
+);
 
 type Device = Arc<Mutex<VfioPciDevice<HostDevice>>>;
 
@@ -194,7 +249,23 @@ pub struct Passthrough {
     mapper: Arc<Mutex<BarMapper>>,
 }
 
+/// One passed-through device as `vm.info` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeviceInfo {
+    /// Its id (`id=`, else its host name).
+    pub id: String,
+    /// The host device.
+    pub host: String,
+    /// Its guest PCI address.
+    pub bdf: String,
+}
+
 impl Passthrough {
+    /// What `vm.info` lists.
+    pub fn info(&self) -> Vec<DeviceInfo> {
+        Vec::new()
+    }
+
     /// Quiesces every device before it is released (the vCPUs are stopped): no more DMA
     /// mappings made in the background, interrupts off and unwired from KVM, then a device
     /// reset where the device has one.
@@ -299,6 +370,30 @@ fn start_worker(mapper: &mut BarMapper, dma: KvmDma, seccomp: bool) -> Result<()
         let worker = p2p::DmaWorker::start(Box::new(dma), p2p::CHUNK, seccomp)
             .map_err(|source| Error::Thread { source })?;
         mapper.set_worker(worker, p2p::ASYNC_FROM);
+    }
+    Ok(())
+}
+
+/// Refuses two `--device` options that resolve to the same host device (a BDF written two
+/// ways, a sysfs path and an address). Devices that do not resolve are left to the checks
+/// that open them, which say why.
+pub fn check_distinct(devices: &[DeviceConfig]) -> Result<(), Error> {
+    check_distinct_in(&Sysfs::default(), devices)
+}
+
+fn check_distinct_in(sysfs: &Sysfs, devices: &[DeviceConfig]) -> Result<(), Error> {
+    let mut seen: HashMap<std::path::PathBuf, String> = HashMap::new();
+    for cfg in devices {
+        let Ok(dev) = sysfs.device(cfg.spec()) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(dev.path.clone(), cfg.spec()) {
+            return Err(Error::SameDevice {
+                first,
+                second: cfg.spec(),
+                device: dev.name,
+            });
+        }
     }
     Ok(())
 }

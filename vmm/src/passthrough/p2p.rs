@@ -32,8 +32,9 @@ const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Parts of this size or more are mapped in the background.
 pub(super) const ASYNC_FROM: u64 = 1 << 30;
 /// Bytes per VFIO_IOMMU_MAP_DMA of a background map (a stop or a newer request is noticed
-/// between chunks).
-pub(super) const CHUNK: u64 = 1 << 30;
+/// between chunks; the emulated host does one in about 0.1 s): one BAR mmap piece
+/// ([`vfio::host::MMAP_CHUNK`]).
+pub(super) const CHUNK: u64 = vfio::host::MMAP_CHUNK;
 
 /// One request.
 pub(super) enum Job {
