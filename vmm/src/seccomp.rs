@@ -16,7 +16,8 @@
 //!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
 //!   (`tgkill` of SIGABRT to ourselves) and thread exit.
 //! - The background mapper of large BARs (`p2p`, only when a BAR of 1 GiB or more is passed
-//!   through): `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`, locks, logging, thread exit.
+//!   through): `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`, sleeping before it tries a chunk again,
+//!   locks, logging, thread exit.
 //! - The main thread: the event loop (`epoll_wait`, `read` of eventfds, timerfd, signalfd and
 //!   stdin), kicking vCPU threads (`tgkill` of a real-time signal to ourselves), joining them,
 //!   and teardown: interrupts off and device reset (`VFIO_DEVICE_SET_IRQS`,
@@ -237,6 +238,10 @@ const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// Only on the background mapper of large BARs: the pause before it tries a refused chunk
+/// again.
+const P2P_ONLY: &[i64] = &[libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
+
 /// Only on vCPU threads: VFIO device region access and interrupt eventfds.
 const VCPU_ONLY: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2];
 
@@ -316,7 +321,7 @@ pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
         Thread::Vmm => VMM_ONLY,
         Thread::Vcpu => VCPU_ONLY,
         Thread::Api => API_ONLY,
-        Thread::P2p => &[],
+        Thread::P2p => P2P_ONLY,
     };
     let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
     let ioctls = match thread {
@@ -538,6 +543,16 @@ mod tests {
             libc::SYS_kill,
         ] {
             assert!(!vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
+        }
+        let p2p = rules(Thread::P2p).unwrap();
+        assert_eq!(
+            p2p[&libc::SYS_ioctl].len(),
+            2,
+            "VFIO_IOMMU_MAP_DMA and UNMAP_DMA"
+        );
+        assert!(p2p.contains_key(&libc::SYS_clock_nanosleep));
+        for nr in [libc::SYS_openat, libc::SYS_clone, libc::SYS_pwrite64] {
+            assert!(!p2p.contains_key(&nr), "{nr}");
         }
         assert_eq!(vcpu[&libc::SYS_ioctl].len(), vcpu_ioctls().len());
         assert!(!vcpu_ioctls().contains(&VFIO_DEVICE_RESET()));

@@ -338,6 +338,28 @@ mod tests {
         assert_eq!(*fake.maps.lock().unwrap(), vec![0, 0x1000]);
     }
 
+    /// Its seccomp filter allows what it does: queue, map, log, sleep before a retry, exit.
+    #[test]
+    fn the_worker_runs_under_its_seccomp_filter() {
+        let fake = Flaky::default();
+        fake.fail.store(1, Ordering::Relaxed);
+        let w = DmaWorker::start(Box::new(fake.clone()), 0x1000, true).unwrap();
+        let gen = Arc::new(AtomicU64::new(1));
+        w.send(job(0, 0x2000, &gen));
+        w.send(Job::Unmap {
+            iova: 0,
+            len: 0x2000,
+        });
+        for _ in 0..100 {
+            if fake.maps.lock().unwrap().len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(w);
+        assert_eq!(*fake.maps.lock().unwrap(), vec![0, 0x1000]);
+    }
+
     #[test]
     fn dropping_stops_and_joins() {
         let fake = Slow::default();
