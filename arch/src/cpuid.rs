@@ -22,6 +22,25 @@ fn core_shift(count: u8) -> u32 {
     u32::from(count.max(1)).next_power_of_two().trailing_zeros()
 }
 
+/// The physical address width CPUID leaf 0x80000008 reports (EAX bits 7:0), which is what a
+/// guest given `cpuid` may use: 36 bits when the leaf is missing (the architectural default).
+pub fn phys_bits(cpuid: &CpuId) -> u8 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == LEAF_AMD_SIZES)
+        .map_or(36, |e| (e.eax & 0xff) as u8)
+}
+
+/// Narrows the physical address width in leaf 0x80000008 to `bits` (never widens it).
+pub fn limit_phys_bits(cpuid: &mut CpuId, bits: u8) {
+    for e in cpuid.as_mut_slice() {
+        if e.function == LEAF_AMD_SIZES && (e.eax & 0xff) > u32::from(bits) {
+            e.eax = (e.eax & !0xff) | u32::from(bits);
+        }
+    }
+}
+
 /// Adjusts `cpuid` (KVM's supported entries) for vCPU `index` of `count`.
 pub fn adjust(cpuid: &mut CpuId, index: u8, count: u8) {
     for e in cpuid.as_mut_slice() {
@@ -137,6 +156,20 @@ mod tests {
         adjust(&mut c, 0, 1);
         assert_eq!(c.as_slice()[0].edx & EDX_HTT, 0);
         assert_eq!(c.as_slice()[4].eax, 0);
+    }
+
+    #[test]
+    fn physical_address_width() {
+        let mut c = cpuid();
+        c.as_mut_slice()[6].eax = 0x3028;
+        assert_eq!(phys_bits(&c), 40);
+        limit_phys_bits(&mut c, 37);
+        assert_eq!(phys_bits(&c), 37);
+        assert_eq!(c.as_slice()[6].eax, 0x3025, "virtual width kept");
+        limit_phys_bits(&mut c, 46);
+        assert_eq!(phys_bits(&c), 37, "never widened");
+        let none = CpuId::from_entries(&[entry(LEAF_FEATURES, 0)]).unwrap();
+        assert_eq!(phys_bits(&none), 36);
     }
 
     #[test]

@@ -64,8 +64,8 @@ fn check_devices(devices: &[DeviceConfig]) {
 }
 
 fn check_run(cfg: &vmm::config::VmConfig) {
-    assert!(cfg.memory > 0 && cfg.memory % 4096 == 0, "{cfg:?}");
-    assert!(cfg.memory <= MAX_MEMORY, "{cfg:?}");
+    assert!(cfg.memory.size > 0 && cfg.memory.size % 4096 == 0, "{cfg:?}");
+    assert!(cfg.memory.size <= MAX_MEMORY, "{cfg:?}");
     assert!((1..=MAX_CPUS).contains(&cfg.cpus), "{cfg:?}");
     assert!(cfg
         .timeout
@@ -99,10 +99,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(Command::Check(cfg)) => {
             assert!(cfg
                 .memory
-                .is_none_or(|m| m > 0 && m % 4096 == 0 && m <= MAX_MEMORY));
+                .is_none_or(|m| m.size > 0 && m.size % 4096 == 0 && m.size <= MAX_MEMORY));
             check_devices(&cfg.devices);
         }
         Ok(Command::Help(text) | Command::Version(text)) => assert!(text.ends_with('\n')),
+        Ok(Command::Remote { socket, .. }) => assert!(!socket.as_os_str().is_empty()),
         Err(e) => one_line(&e, "command line", &args),
     }
 });

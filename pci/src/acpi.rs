@@ -61,7 +61,7 @@ fn to_raw(aml: &dyn Aml) -> Raw {
 }
 
 impl PciHostAml {
-    /// Bus 0, the mechanism #1 ports and the three windows.
+    /// Bus 0, the mechanism #1 ports and the windows (the 64-bit one when not empty).
     fn crs(&self) -> Raw {
         let w = &self.windows;
         let bus = AddressSpace::new_bus_number(0u16, 0u16);
@@ -82,7 +82,12 @@ impl PciHostAml {
             w.mmio64.last(),
             None,
         );
-        let template = ResourceTemplate::new(vec![&bus, &cfg_io, &io, &mmio32, &mmio64]);
+        let mut resources: Vec<&dyn Aml> = vec![&bus, &cfg_io, &io, &mmio32];
+        // Without 64-bit BARs there is no 64-bit window.
+        if w.mmio64.size > 0 {
+            resources.push(&mmio64);
+        }
+        let template = ResourceTemplate::new(resources);
         to_raw(&Name::new("_CRS".into(), &template))
     }
 
@@ -197,6 +202,19 @@ mod tests {
         let at = find(&aml, &qword).unwrap();
         let min = u64::from_le_bytes(aml[at + 14..at + 22].try_into().unwrap());
         assert_eq!(min, windows.mmio64.start);
+        let max = u64::from_le_bytes(aml[at + 22..at + 30].try_into().unwrap());
+        assert_eq!(max, windows.mmio64.last());
+        let len = u64::from_le_bytes(aml[at + 38..at + 46].try_into().unwrap());
+        assert_eq!(len, windows.mmio64.size);
+        // A 128 GiB window above RAM shows as it is.
+        let big = PciWindows::new(1 << 30, 256 << 30);
+        let aml = bytes(&dsdt_aml(&big));
+        let at = find(&aml, &qword).unwrap();
+        let len = u64::from_le_bytes(aml[at + 38..at + 46].try_into().unwrap());
+        assert_eq!(len, 256 << 30);
+        // No 64-bit window: no QWordMemory at all.
+        let none = bytes(&dsdt_aml(&PciWindows::new(1 << 30, 0)));
+        assert!(find(&none, &qword).is_none());
         // Memory32Fixed of the ECAM range.
         let mut ecam = vec![0x86, 9, 0, 1];
         ecam.extend_from_slice(&(PCI_ECAM_START as u32).to_le_bytes());

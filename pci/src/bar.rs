@@ -267,6 +267,12 @@ impl BarSet {
         Ok(())
     }
 
+    /// Takes BAR `index` out of the set (its registers then read as unimplemented).
+    pub fn remove(&mut self, index: u8) -> Option<Bar> {
+        let at = self.bars.iter().position(|b| b.index == index)?;
+        Some(self.bars.remove(at))
+    }
+
     /// The BAR with `index`.
     pub fn get(&self, index: u8) -> Option<&Bar> {
         self.bars.iter().find(|b| b.index == index)
@@ -401,6 +407,9 @@ mod tests {
         write32(&mut rom, 12, 0xd000_0000);
         assert!(!rom.get(ROM_BAR).unwrap().rom_enabled());
         assert_eq!(rom.iter().count(), 1);
+        assert_eq!(rom.remove(ROM_BAR).map(|b| b.size()), Some(0x8000));
+        assert_eq!(rom.read(12), 0, "gone");
+        assert!(rom.remove(ROM_BAR).is_none());
     }
 
     #[test]

@@ -33,7 +33,10 @@ mod root;
 pub use acpi::{dsdt_aml, intx_gsi, mcfg, PciHostAml, PCI_INTX_GSI_BASE, PCI_INTX_GSI_COUNT};
 pub use bar::{Bar, BarKind, BarRange, BarReprogram, BarSet, NUM_BARS, ROM_BAR};
 pub use config::{PciConfig, HOST_BRIDGE_DEVICE_ID, HOST_BRIDGE_VENDOR_ID};
-pub use resources::{PciResources, PciWindow, PciWindows, MMIO64_ALIGN, PCI_IO_SIZE, PCI_IO_START};
+pub use resources::{
+    mmio64_start, plan_mmio64, Mmio64Overflow, Mmio64Plan, PciResources, PciWindow, PciWindows,
+    MMIO64_ALIGN, PCI_IO_SIZE, PCI_IO_START,
+};
 pub use root::{
     ConfigAddress, PciConfigIo, PciConfigMmio, PciRoot, ECAM_SIZE, MAX_SLOTS, PCI_CONFIG_IO_PORT,
     PCI_CONFIG_IO_SIZE,

@@ -91,6 +91,9 @@ install_modules() {
     fi
 }
 
+# The GPU-class scenarios' files (l0-gpu.sh: ROM images, l1-gpu.sh, l2-gpu.sh, gpu_p2p.ko).
+. "$RIG/l0-gpu.sh"
+
 # --- the guest test module (tests/guest), built against the L2 kernel's headers ---
 guestbuild=$OUT/guest-build
 stale=0
@@ -112,6 +115,7 @@ install -m 0755 "$RIG/l2-init" "$l2tree/init"
 # Drivers the passthrough scenarios use in L2 (not loaded unless a scenario asks).
 install_modules "$l2tree" nvme virtio_pci virtio_rng
 install -m 0644 "$guestbuild/edu_test.ko" "$guestbuild/msix_mask_test.ko" "$l2tree/lib/modules/rig/"
+gpu_l2_tree "$l2tree" "$guestbuild"
 make_cpio "$l2tree" "$OUT/l2-initrd.cpio"
 gzip -9 -n -f "$OUT/l2-initrd.cpio"
 rm -rf "$l2tree"
@@ -123,6 +127,7 @@ install -m 0755 "$RIG/l1-init" "$l1tree/init"
 # The scenarios l1-init sources: lib.sh and one file per family.
 install -D -m 0644 -t "$l1tree/rig" "$RIG"/l1/*.sh
 install -m 0755 "$OUT/stamp" "$l1tree/usr/bin/stamp"
+gpu_l1_tree "$l1tree"
 
 install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic nvme
 

@@ -44,6 +44,9 @@ if [ ! -s "$OUT/nvme.img" ] || [ "$(head -c 4096 "$OUT/nvme.img" | tr -d '\0' | 
     head -c 16M /dev/urandom >"$OUT/nvme.img"
 fi
 NVME_SUM=$(sha256sum "$OUT/nvme.img" | cut -d' ' -f1)
+# GPU-class scenarios (gpu-*): their L0 devices, only when one of them runs (l0-gpu.sh).
+. "$RIG/l0-gpu.sh"
+gpu_l0_prepare "$SCENARIOS"
 
 now() { date +%s; }
 
@@ -70,6 +73,8 @@ budget_for() {
             soak-*) total=$((total + 60 * (${s#soak-} + 1))) ;;
             soak) total=$((total + 60 * 21)) ;;
             signals) total=$((total + 170 * 4)) ;;
+            gpu-bench-*) total=$((total + 240 * (12 * ${s#gpu-bench-} + 2))) ;;
+            gpu-rom | gpu-huge*) total=$((total + 340)) ;;
             *) total=$((total + 170)) ;;
         esac
     done
@@ -77,7 +82,7 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|ROW|TEXT|RESULT|DONE)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|ROW|TEXT|RESULT|DONE|GPU)'
 # RIG_SHOW_ALL=1 (tests/rig/demo): the whole console, L2 guest included.
 [ "${RIG_SHOW_ALL:-0}" = 1 ] && SHOW=.
 
@@ -97,9 +102,9 @@ boot_l0() {
         -device edu \
         -drive if=none,id=nv0,file="$OUT/nvme.img",format=raw -device nvme,drive=nv0,serial=x \
         -device pci-bridge,id=br1,chassis_nr=1 -device edu,bus=br1,addr=1 -device edu,bus=br1,addr=2 \
-        -device virtio-rng-pci,iommu_platform=on,disable-legacy=on \
+        -device virtio-rng-pci,iommu_platform=on,disable-legacy=on "${GPU_L0_ARGS[@]}" \
         -kernel "/boot/vmlinuz-$KVER" -initrd "$OUT/l1-initrd.cpio" \
-        -append "console=ttyS0 panic=-1 quiet intel_iommu=on rig.scenarios=$scen rig.nvme_sum=$NVME_SUM ${RIG_L1_APPEND:-}" \
+        -append "console=ttyS0 panic=-1 quiet intel_iommu=on rig.scenarios=$scen rig.nvme_sum=$NVME_SUM $GPU_L1_APPEND ${RIG_L1_APPEND:-}" \
         -nographic -no-reboot -monitor "unix:$sock,server,nowait" \
         </dev/null >"$log" 2>&1 &
     pid=$!
@@ -193,6 +198,7 @@ if [ -n "$missing" ] && [ "$L0_END" = frozen ]; then
     why=$L0_END
 fi
 
+gpu_l0_report "$SCENARIOS"
 rc=0
 for s in $(echo "$SCENARIOS" | tr ',' ' '); do
     if [ -z "${RESULT[$s]:-}" ]; then

@@ -63,6 +63,7 @@ pub struct FakeBackend {
     regions: RefCell<Vec<FakeRegion>>,
     writes: RefCell<Vec<(u32, u64, Vec<u8>)>>,
     irqs: [u32; 3],
+    unreadable: RefCell<Vec<u32>>,
 }
 
 impl FakeBackend {
@@ -103,6 +104,11 @@ impl FakeBackend {
         let mut data = [0xff; 4];
         let _ = self.read(CONFIG_REGION, offset, &mut data);
         u32::from_le_bytes(data)
+    }
+
+    /// Makes every read of region `index` fail (a ROM the kernel cannot map).
+    pub fn set_unreadable(&self, index: u32) {
+        self.unreadable.borrow_mut().push(index);
     }
 
     /// Sets the number of interrupts behind IRQ index `index` (0-2).
@@ -159,6 +165,9 @@ impl VfioBackend for FakeBackend {
 
     fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
         self.check(index, offset, data.len())?;
+        if self.unreadable.borrow().contains(&index) {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
         let regions = self.regions.borrow();
         let bytes = &regions[index as usize].bytes;
         for (i, b) in data.iter_mut().enumerate() {

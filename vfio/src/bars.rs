@@ -35,21 +35,27 @@ fn bar_kind(reg: u32) -> BarKind {
     }
 }
 
-/// A VFIO region size as a BAR size: a power of two no smaller than the type's minimum.
+/// A VFIO region size as a BAR size: a power of two no smaller than the type's minimum. The
+/// ROM is at least a page: the VMM serves it as memory.
 fn bar_size(index: u8, kind: BarKind, region: u64) -> u64 {
     let min = match kind {
         BarKind::Io => 4,
-        BarKind::Rom => 2048,
+        BarKind::Rom => PAGE_SIZE,
         _ => 16,
     };
     let size = region
         .checked_next_power_of_two()
         .unwrap_or(region)
         .max(min);
-    if size != region {
+    if size != region && kind != BarKind::Rom {
         log::warn!("BAR {index}: region of {region:#x} bytes rounded up to {size:#x}");
     }
     size
+}
+
+/// The ROM BAR size for an image of `len` bytes.
+pub fn rom_bar_size(len: u64) -> u64 {
+    bar_size(ROM_BAR, BarKind::Rom, len)
 }
 
 /// The size of VFIO region `index`, if it exists.
@@ -142,6 +148,9 @@ pub enum SegmentKind {
     Mmap,
     /// Put a bus entry there that calls `bar_read`/`bar_write`.
     Trap,
+    /// The expansion ROM: memory holding `VfioPciDevice::rom_image` at the same offset, read-only
+    /// for the guest (a KVM memory slot with `KVM_MEM_READONLY`).
+    Rom,
 }
 
 /// A part of a BAR: `[offset, offset + len)` from the BAR's start (and the region's).
@@ -285,7 +294,7 @@ mod tests {
                 (1, BarKind::Mem64 { prefetchable: true }, 0x10_0000),
                 (3, BarKind::Io, 0x20),
                 (4, mem(true), 0x4000),
-                (ROM_BAR, BarKind::Rom, 0x800),
+                (ROM_BAR, BarKind::Rom, 0x1000),
             ]
         );
     }
@@ -322,6 +331,8 @@ mod tests {
         set.write(12, 0, &[1]);
         let on = Decode::from_command(COMMAND_MEMORY | COMMAND_IO);
         assert_eq!(on.ranges(&set)[2].base, 0xc000_6000, "ROM enabled");
+        assert_eq!(rom_bar_size(1), PAGE_SIZE);
+        assert_eq!(rom_bar_size(0x8001), 0x1_0000);
         let mv = moves(&Decode::default().ranges(&set), &on.ranges(&set));
         assert_eq!(
             mv.iter().map(|m| (m.bar, m.old_base)).collect::<Vec<_>>(),

@@ -4,6 +4,9 @@
 //!
 //! - BARs 0-5 and the expansion ROM BAR: a [`BarSet`] (sizing, address shadow), never written
 //!   to the device; the command register's decode enables gate where they are reported.
+//! - The expansion ROM's contents: read from the device once, when the model is made (or taken
+//!   from a file, or hidden: [`RomSource`]), and handed to the VMM as plain bytes
+//!   ([`VfioPciDevice::rom_image`]) to serve as read-only guest memory.
 //! - Interrupt line (a shadow) and the header type's multi-function bit (cleared).
 //! - The MSI and MSI-X capabilities ([`crate::msi`], [`crate::msix`]), including the MSI-X
 //!   table and PBA in the BARs.
@@ -14,10 +17,12 @@
 //! through [`VfioPciDevice::take_interrupt_changes`], and maps BARs per
 //! [`VfioPciDevice::bar_plan`].
 
-use pci::{BarRange, BarReprogram, BarSet, PciDevice, ROM_BAR};
+use pci::{Bar, BarKind, BarRange, BarReprogram, BarSet, PciDevice, ROM_BAR};
 
-use crate::backend::{VfioBackend, CONFIG_REGION};
-use crate::bars::{moves, plan_bar, probe_bars, Decode, PlanInput, Segment};
+use crate::backend::{VfioBackend, CONFIG_REGION, ROM_REGION};
+use crate::bars::{
+    moves, plan_bar, probe_bars, rom_bar_size, Decode, PlanInput, Segment, SegmentKind,
+};
 use crate::caps::{find_capability, read_config_dword, CAP_ID_MSI, CAP_ID_MSIX};
 use crate::msi::{Msi, MsiState};
 use crate::msix::{Msix, MsixEntry, MsixState};
@@ -41,6 +46,21 @@ pub enum Error {
     /// A broken MSI-X capability.
     Msix(crate::msix::Error),
 }
+
+/// Where the guest's expansion ROM comes from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RomSource {
+    /// The device's own ROM, if it has one (read once, when the model is made).
+    #[default]
+    Device,
+    /// No ROM BAR at all (`rombar=off`).
+    Hidden,
+    /// This image, whatever the device has (`romfile=`); must not be empty.
+    Image(Vec<u8>),
+}
+
+/// Bytes read from the ROM region per backend read.
+const ROM_READ_CHUNK: u64 = 64 << 10;
 
 impl From<pci::Error> for Error {
     fn from(e: pci::Error) -> Self {
@@ -89,16 +109,26 @@ pub struct VfioPciDevice<B: VfioBackend> {
     msi: Option<Msi>,
     msix: Option<Msix>,
     changes: Vec<InterruptChange>,
+    /// The ROM's contents, as long as the ROM BAR (padded with 0xff).
+    rom: Option<Vec<u8>>,
+    /// Why the device's own ROM could not be read (then the guest sees none).
+    rom_problem: Option<String>,
 }
 
 impl<B: VfioBackend> VfioPciDevice<B> {
+    /// Models the device behind `backend` with its own ROM: see [`VfioPciDevice::with_rom`].
+    pub fn new(backend: B) -> Result<Self, Error> {
+        Self::with_rom(backend, RomSource::Device)
+    }
+
     /// Models the device behind `backend`: BARs at address 0 (assign them with
     /// [`VfioPciDevice::bar_set_mut`]), decode enables as the device's command register has
-    /// them, MSI and MSI-X disabled, interrupt line 0.
-    pub fn new(backend: B) -> Result<Self, Error> {
+    /// them, MSI and MSI-X disabled, interrupt line 0, the expansion ROM from `rom`.
+    pub fn with_rom(backend: B, rom: RomSource) -> Result<Self, Error> {
         let config = backend.region(CONFIG_REGION).ok_or(Error::NoConfigRegion)?;
         let command = read_config_dword(&backend, 0x4) as u16;
-        let bars = probe_bars(&backend)?;
+        let mut bars = probe_bars(&backend)?;
+        let (rom, rom_problem) = load_rom(&backend, &mut bars, rom)?;
         let msi = find_capability(&backend, CAP_ID_MSI)
             .map(|offset| Msi::new(offset, read_config_dword(&backend, offset)));
         let msix = match find_capability(&backend, CAP_ID_MSIX) {
@@ -117,7 +147,19 @@ impl<B: VfioBackend> VfioPciDevice<B> {
             msi,
             msix,
             changes: Vec::new(),
+            rom,
+            rom_problem,
         })
+    }
+
+    /// The expansion ROM's contents, as long as its BAR; `None` without a ROM.
+    pub fn rom_image(&self) -> Option<&[u8]> {
+        self.rom.as_deref()
+    }
+
+    /// Why the device's own ROM could not be read, when it could not (the guest sees none).
+    pub fn rom_problem(&self) -> Option<&str> {
+        self.rom_problem.as_deref()
     }
 
     /// The backend (the kernel device, or a fake in tests).
@@ -168,12 +210,19 @@ impl<B: VfioBackend> VfioPciDevice<B> {
     }
 
     /// How to serve BAR `bar` (0-5 or [`ROM_BAR`]): mmap segments and trapped segments covering
-    /// it; empty if there is no such BAR. I/O BARs and the ROM are trapped whole; the pages of
-    /// the MSI-X table and PBA are always trapped.
+    /// it; empty if there is no such BAR. I/O BARs are trapped whole, the ROM is one
+    /// [`SegmentKind::Rom`] segment; the pages of the MSI-X table and PBA are always trapped.
     pub fn bar_plan(&self, bar: u8) -> Vec<Segment> {
         let Some(b) = self.bars.get(bar) else {
             return Vec::new();
         };
+        if bar == ROM_BAR {
+            return vec![Segment {
+                offset: 0,
+                len: b.size(),
+                kind: SegmentKind::Rom,
+            }];
+        }
         let region = self.backend.region(u32::from(bar)).unwrap_or_default();
         let holes: Vec<_> = self
             .msix
@@ -262,6 +311,41 @@ impl<B: VfioBackend> VfioPciDevice<B> {
     }
 }
 
+/// The ROM BAR and contents `source` asks for: the device's own (read now; hidden with the
+/// reason when that fails), none, or an image. Returns the contents padded to the BAR size
+/// and the reason the device's ROM could not be read.
+fn load_rom<B: VfioBackend>(
+    backend: &B,
+    bars: &mut BarSet,
+    source: RomSource,
+) -> Result<(Option<Vec<u8>>, Option<String>), Error> {
+    let probed = bars.remove(ROM_BAR);
+    let image = match (source, probed) {
+        (RomSource::Hidden, _) | (RomSource::Device, None) => return Ok((None, None)),
+        (RomSource::Image(image), _) => image,
+        (RomSource::Device, Some(bar)) => match read_rom(backend, bar.size()) {
+            Ok(image) => image,
+            Err(e) => return Ok((None, Some(e.to_string()))),
+        },
+    };
+    let size = rom_bar_size(image.len() as u64);
+    bars.add(Bar::new(ROM_BAR, BarKind::Rom, size)?)?;
+    let mut padded = image;
+    padded.resize(size as usize, 0xff);
+    Ok((Some(padded), None))
+}
+
+/// The first `size` bytes of the ROM region (fewer when the region is smaller).
+fn read_rom<B: VfioBackend>(backend: &B, size: u64) -> std::io::Result<Vec<u8>> {
+    let region = backend.region(ROM_REGION).map_or(0, |r| r.size);
+    let len = size.min(region);
+    let mut image = vec![0u8; len as usize];
+    for (i, chunk) in image.chunks_mut(ROM_READ_CHUNK as usize).enumerate() {
+        backend.read(ROM_REGION, i as u64 * ROM_READ_CHUNK, chunk)?;
+    }
+    Ok(image)
+}
+
 /// The config byte offset just past `len` bytes at byte `offset` of dword `reg_idx`.
 fn config_offset(reg_idx: usize, offset: usize, len: usize) -> Option<u64> {
     let start = reg_idx.checked_mul(4)?.checked_add(offset)?;
@@ -306,6 +390,17 @@ impl<B: VfioBackend> PciDevice for VfioPciDevice<B> {
             .as_ref()
             .is_some_and(|m| m.bar_read(bar, offset, data))
         {
+            return;
+        }
+        if bar == ROM_BAR {
+            let rom = self.rom.as_deref().unwrap_or_default();
+            let bytes = usize::try_from(offset)
+                .ok()
+                .and_then(|at| rom.get(at..at.checked_add(data.len())?));
+            match bytes {
+                Some(bytes) => data.copy_from_slice(bytes),
+                None => data.fill(0xff),
+            }
             return;
         }
         let ok = self.in_bar(bar, offset, data.len())

@@ -196,28 +196,38 @@ impl HostDevice {
     }
 
     /// Maps `len` bytes at `offset` of region `index` into our address space (shared,
-    /// read/write), for a KVM memory slot.
+    /// read/write), for a KVM memory slot and DMA from other devices.
+    ///
+    /// One contiguous range made of adjacent mappings of at most [`MMAP_CHUNK`]: vfio-pci in
+    /// Linux 6.1 fills the page tables of a whole mapping on its first fault (and again after
+    /// every memory-decode toggle), which for a 128 GiB BAR is 32 Mi page-table entries for one
+    /// guest access. Mappings of special memory are never merged, so each chunk faults on its
+    /// own. The range is aligned to min(`len`, 1 GiB) so that kernels that map BARs with huge
+    /// page-table entries can.
     pub fn mmap(&self, index: u32, offset: u64, len: u64) -> std::io::Result<MmapArea> {
         let at = self.checked(index, offset, len as usize)?;
-        // SAFETY: a fresh shared mapping of the device fd; nothing else refers to the
-        // returned address until MmapArea hands it out, and MmapArea unmaps it on drop.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.device.as_raw_fd(),
-                at as libc::off_t,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
+        let area = MmapArea::reserve(len as usize, len.min(MMAP_ALIGN) as usize)?;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(MMAP_CHUNK);
+            // SAFETY: MAP_FIXED replaces part of the reservation `area` owns (nothing else
+            // refers to it) with a shared mapping of the device fd; `area` unmaps it on drop.
+            let addr = unsafe {
+                libc::mmap(
+                    area.addr.add(done as usize).cast(),
+                    n as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    self.device.as_raw_fd(),
+                    (at + done) as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            done += n;
         }
-        Ok(MmapArea {
-            addr: addr.cast(),
-            len: len as usize,
-        })
+        Ok(area)
     }
 
     /// Whether VFIO_DEVICE_RESET is supported.
@@ -294,6 +304,42 @@ unsafe impl Send for MmapArea {}
 unsafe impl Sync for MmapArea {}
 
 impl MmapArea {
+    /// `len` bytes of address space, aligned to `align` (a power of two), that nothing can
+    /// access until parts are mapped over it with MAP_FIXED.
+    fn reserve(len: usize, align: usize) -> std::io::Result<Self> {
+        let padded = len + align;
+        // SAFETY: a fresh inaccessible anonymous mapping at an address of the kernel's choosing.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                padded,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = raw as usize;
+        let aligned = start.next_multiple_of(align);
+        let (head, tail) = (aligned - start, padded - (aligned - start) - len);
+        // SAFETY: both ranges are parts of the reservation just made that nothing refers to.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((aligned + len) as *mut libc::c_void, tail);
+            }
+        }
+        Ok(Self {
+            addr: aligned as *mut u8,
+            len,
+        })
+    }
+
     /// Host address of the mapping.
     pub fn addr(&self) -> *mut u8 {
         self.addr
@@ -314,6 +360,54 @@ impl Drop for MmapArea {
     fn drop(&mut self) {
         // SAFETY: addr/len are exactly what mmap returned, unmapped only here.
         unsafe { libc::munmap(self.addr.cast(), self.len) };
+    }
+}
+
+/// Most bytes of a BAR one mmap covers (see [`HostDevice::mmap`]): what Linux 6.1 fills
+/// the page tables of on one fault (65536 entries).
+pub const MMAP_CHUNK: u64 = 256 << 20;
+/// Alignment of a BAR's mapping when it is at least this large.
+const MMAP_ALIGN: u64 = 1 << 30;
+
+/// DMA maps and unmaps in the VM's container, for the code that keeps BARs mapped for
+/// peer-to-peer DMA; holds the container open.
+#[derive(Clone)]
+pub struct Dma {
+    container: Arc<VfioContainer>,
+}
+
+impl Dma {
+    /// The container's DMA maps, for BARs that follow the guest's programming.
+    pub fn dma(&self) -> Dma {
+        Dma {
+            container: self.container.clone(),
+        }
+    }
+
+    /// Maps `[host, host + size)` for device DMA at `iova`.
+    ///
+    /// # Safety
+    /// As [`VfioHost::map_dma`]: the range stays mapped in this process until it is unmapped
+    /// here or the container is closed.
+    pub unsafe fn map(&self, iova: u64, size: u64, host: *mut u8) -> Result<(), String> {
+        // SAFETY: the caller upholds vfio_dma_map's contract (see above).
+        unsafe { self.container.vfio_dma_map(iova, size as usize, host) }.map_err(|e| dma_text(&e))
+    }
+
+    /// Unmaps `[iova, iova + size)`.
+    pub fn unmap(&self, iova: u64, size: u64) -> Result<(), String> {
+        self.container
+            .vfio_dma_unmap(iova, size as usize)
+            .map_err(|e| dma_text(&e))
+    }
+}
+
+/// A VFIO DMA error with the kernel's errno.
+fn dma_text(e: &VfioError) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 
@@ -352,6 +446,13 @@ impl VfioHost {
             group,
             flags,
         })
+    }
+
+    /// The container's DMA maps, for BARs that follow the guest's programming.
+    pub fn dma(&self) -> Dma {
+        Dma {
+            container: self.container.clone(),
+        }
     }
 
     /// Maps `[host, host + size)` for device DMA at `iova`.

@@ -20,7 +20,7 @@ pub mod sysfs;
 
 pub use backend::{FakeBackend, RegionInfo, VfioBackend, CONFIG_REGION, ROM_REGION};
 pub use bars::{Segment, SegmentKind, PAGE_SIZE};
-pub use device::{Error, InterruptChange, VfioPciDevice};
+pub use device::{Error, InterruptChange, RomSource, VfioPciDevice};
 pub use msi::MsiState;
 pub use msix::{MsixEntry, MsixState};
 pub use sysfs::{GroupMember, Sysfs, SysfsDevice};

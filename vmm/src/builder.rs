@@ -16,7 +16,8 @@ use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::{Bus, GuestExit};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::bzimage::BzImage;
@@ -86,6 +87,13 @@ pub enum Error {
     Bus(devices::bus::Error),
     /// A passed-through device could not be attached.
     Passthrough(crate::passthrough::Error),
+    /// `phys-bits=` wider than KVM allows.
+    PhysBits {
+        /// Asked for.
+        asked: u8,
+        /// KVM's width.
+        max: u8,
+    },
 }
 
 impl diag::Explain for Error {
@@ -125,6 +133,13 @@ impl diag::Explain for Error {
             ),
             Error::Bus(e) => e.advice(),
             Error::Passthrough(e) => e.advice(),
+            Error::PhysBits { asked, max } => Advice::new(
+                format!(
+                    "--memory ...,phys-bits={asked}: this host's KVM allows guests at most {max} \
+                     physical address bits"
+                ),
+                format!("give phys-bits={max} or less, or leave it out"),
+            ),
         }
     }
 }
@@ -176,7 +191,7 @@ pub struct Vm {
 /// anything is set up (and before `managed=on` devices move).
 pub fn prepare(cfg: &VmConfig) -> Result<BootImages, Error> {
     let images = crate::images::open(cfg)?;
-    check_host_memory(cfg.memory)?;
+    check_host_memory(cfg.memory.size)?;
     Ok(images)
 }
 
@@ -190,9 +205,10 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
             max,
         });
     }
+    let (cpuid, phys_bits) = guest_cpuid(&kvm, cfg)?;
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
     log::debug!("KVM VM created");
-    let memory = crate::memory::create(cfg.memory)?;
+    let memory = crate::memory::create(&cfg.memory)?;
     register_memory(&vm, &memory)?;
     setup_irqchip(&vm)?;
     log::debug!(
@@ -209,7 +225,10 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
     let setup = crate::passthrough::Setup {
         vm: &vm,
         memory: &memory,
-        mem_size: cfg.memory,
+        mem_size: cfg.memory.size,
+        phys_bits,
+        kvm_phys_bits: arch::cpuid::phys_bits(&cpuid.supported),
+        seccomp: cfg.seccomp,
         pio: &pio,
         mmio: &mmio,
     };
@@ -227,7 +246,15 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
         mmio: mmio.clone(),
         exits: exits.clone(),
     };
-    let vcpus = create_vcpus(&kvm, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
+    let vcpus = create_vcpus(
+        &cpuid.guest,
+        &vm,
+        cfg.cpus,
+        entry,
+        routes,
+        &exit,
+        cfg.seccomp,
+    )?;
     log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
@@ -438,7 +465,7 @@ fn load_guest(
     let data = BootData {
         cmdline_len: cfg.cmdline.len(),
         initrd,
-        mem_size: cfg.memory,
+        mem_size: cfg.memory.size,
     };
     match entry {
         Entry::Long64 { .. } => boot::write_boot_params(memory, header, &data)?,
@@ -467,8 +494,32 @@ fn load_initrd(
     Ok((initrd.addr, initrd.size))
 }
 
+/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
+struct GuestCpuid {
+    supported: CpuId,
+    guest: CpuId,
+}
+
+/// The CPUID vCPUs start from and the guest's physical address width.
+fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("read the supported CPUID"))?;
+    let max = arch::cpuid::phys_bits(&supported);
+    let mut guest = supported.clone();
+    let bits = match cfg.memory.phys_bits {
+        Some(asked) if asked > max => return Err(Error::PhysBits { asked, max }),
+        Some(asked) => {
+            arch::cpuid::limit_phys_bits(&mut guest, asked);
+            asked
+        }
+        None => max,
+    };
+    Ok((GuestCpuid { supported, guest }, bits))
+}
+
 fn create_vcpus(
-    kvm: &Kvm,
+    supported: &CpuId,
     vm: &VmFd,
     count: u8,
     entry: Entry,
@@ -476,9 +527,6 @@ fn create_vcpus(
     exit: &Arc<GuestExit>,
     seccomp: bool,
 ) -> Result<Vec<Vcpu>, Error> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("read the supported CPUID"))?;
     (0..count)
         .map(|index| {
             let fd = vm

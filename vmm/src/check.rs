@@ -11,6 +11,8 @@
 //! and `/dev/vfio/N` are opened and closed again. It never binds drivers or writes sysfs.
 //! The roots it reads below ([`Host`]) are injectable so tests run against a fake tree.
 
+mod bars;
+
 use crate::config::{self, DeviceConfig};
 use diag::Explain as _;
 use std::fmt::Write as _;
@@ -34,8 +36,9 @@ const ECAP_IR: u64 = 1 << 3;
 pub struct CheckConfig {
     /// Devices to check, as `--device` of a run takes them.
     pub devices: Vec<DeviceConfig>,
-    /// Guest RAM to check the locked-memory limit against.
-    pub memory: Option<u64>,
+    /// Guest RAM to check the locked-memory limit, the hugepage pool and the BAR layout
+    /// against.
+    pub memory: Option<crate::memory::MemoryConfig>,
     /// One JSON object instead of text lines.
     pub json: bool,
 }
@@ -234,7 +237,8 @@ impl Host {
         checks.push(self.iommu());
         checks.push(self.vfio());
         checks.push(ir_verdict(&self.ir_facts()));
-        checks.push(memlock_verdict(MemlockLimit::current(), cfg.memory));
+        let mem_size = cfg.memory.map(|m| m.size);
+        checks.push(memlock_verdict(MemlockLimit::current(), mem_size));
         let sysfs = Sysfs::new(&self.sys);
         // managed=on devices are moved to vfio-pci by the run: not in the way of their group.
         let managed: Vec<String> = cfg
@@ -243,10 +247,81 @@ impl Host {
             .filter(|d| d.managed)
             .filter_map(|d| Some(sysfs.device(d.spec()).ok()?.name))
             .collect();
+        if let Some(mem) = &cfg.memory {
+            checks.extend(hugepage_check(mem, &self.sys.join("kernel/mm/hugepages")));
+        }
+        let (width, width_check) = self.width(cfg.memory.and_then(|m| m.phys_bits));
+        checks.extend(width_check);
+        let mut bar_lines = self.bar_lines(cfg, width).into_iter();
         for dev in &cfg.devices {
             checks.extend(self.device(dev, &managed));
+            checks.extend(bar_lines.next().unwrap_or_default());
         }
         Report { checks }
+    }
+
+    /// The guest's physical address width from KVM's CPUID (narrowed by `phys-bits=`), and a
+    /// failure line when `phys-bits=` asks for more than KVM allows.
+    fn width(&self, asked: Option<u8>) -> (Option<bars::Width>, Option<Check>) {
+        use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+        let path = self.dev.join("kvm");
+        let kvm = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .ok()
+            .and_then(|c| kvm_ioctls::Kvm::new_with_path(c).ok());
+        let Some(cpuid) = kvm.and_then(|k| k.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok())
+        else {
+            return (None, None);
+        };
+        let kvm_bits = arch::cpuid::phys_bits(&cpuid);
+        match asked {
+            Some(bits) if bits > kvm_bits => {
+                let fail = Check::fail(
+                    "phys-bits",
+                    format!("--memory phys-bits={bits} is more than this host's KVM allows ({kvm_bits})"),
+                    format!("give phys-bits={kvm_bits} or less, or leave it out"),
+                );
+                let width = bars::Width {
+                    bits: kvm_bits,
+                    kvm_bits,
+                };
+                (Some(width), Some(fail))
+            }
+            _ => {
+                let bits = asked.unwrap_or(kvm_bits);
+                (Some(bars::Width { bits, kvm_bits }), None)
+            }
+        }
+    }
+
+    /// The BAR and ROM lines of every `--device` whose sysfs `resource` can be read (none for
+    /// the others: their device line says why), each BAR placed as a run would place it.
+    fn bar_lines(&self, cfg: &CheckConfig, width: Option<bars::Width>) -> Vec<Vec<Check>> {
+        let sysfs = Sysfs::new(&self.sys);
+        let found: Vec<Option<bars::SysBars>> = cfg
+            .devices
+            .iter()
+            .map(|d| {
+                let dev = sysfs.device(d.spec()).ok()?;
+                bars::read(&dev.name, &dev.path)
+            })
+            .collect();
+        let readable: Vec<bars::SysBars> = found.iter().flatten().cloned().collect();
+        let cfgs: Vec<&DeviceConfig> = cfg
+            .devices
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_some())
+            .map(|(c, _)| c)
+            .collect();
+        let mem_size = cfg.memory.map_or(config::DEFAULT_MEMORY, |m| m.size);
+        let mut lines = bars::checks(&readable, &cfgs, mem_size, width).into_iter();
+        found
+            .iter()
+            .map(|f| match f {
+                Some(_) => lines.next().unwrap_or_default(),
+                None => Vec::new(),
+            })
+            .collect()
     }
 
     fn kvm(&self) -> Vec<Check> {
@@ -653,6 +728,29 @@ fn memlock_verdict(limit: MemlockLimit, memory: Option<u64>) -> Check {
     }
 }
 
+/// With `hugepages=on`: whether the pool under `root` has the pages the guest needs.
+fn hugepage_check(mem: &crate::memory::MemoryConfig, root: &Path) -> Option<Check> {
+    use crate::memory;
+    let page = mem.hugepages?;
+    const NAME: &str = "hugepages";
+    Some(
+        match memory::check_pool(mem, root, memory::default_huge_page()) {
+            Ok(()) => {
+                let pool = memory::HugePool::read(root, page).unwrap_or_default();
+                Check::pass(
+                    NAME,
+                    format!(
+                        "--memory {mem} needs {} pages, {} free",
+                        memory::pages_needed(mem.size, page),
+                        pool.available()
+                    ),
+                )
+            }
+            Err(e) => Check::failed(NAME, &e),
+        },
+    )
+}
+
 fn count_entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
@@ -856,6 +954,35 @@ WARN      member 0000:00:02.0: no driver
             enough.line(),
             "PASS  memlock: RLIMIT_MEMLOCK 1 GiB, enough for --memory 512 MiB"
         );
+    }
+
+    #[test]
+    fn hugepage_lines() {
+        let fake = FakeHost::new();
+        let pool = |free: u64| {
+            for (name, v) in [("nr_hugepages", 1100), ("free_hugepages", free)] {
+                fake.write(
+                    &format!("sys/kernel/mm/hugepages/hugepages-2048kB/{name}"),
+                    &format!("{v}\n"),
+                );
+            }
+            fake.root.join("sys/kernel/mm/hugepages")
+        };
+        let mem: crate::memory::MemoryConfig = "2G,hugepages=on".parse().unwrap();
+        let line = hugepage_check(&mem, &pool(1100)).unwrap().line();
+        assert_eq!(
+            line,
+            "PASS  hugepages: --memory 2G,hugepages=on,hugepage-size=2M needs 1024 pages, 1100 free"
+        );
+        let line = hugepage_check(&mem, &pool(100)).unwrap().line();
+        assert!(
+            line.starts_with(
+                "FAIL  hugepages: --memory 2G,hugepages=on,hugepage-size=2M: the guest needs 1024 \
+                 huge pages of 2 MiB but the pool has 100 free; raise the pool to 2024 pages"
+            ),
+            "{line}"
+        );
+        assert!(hugepage_check(&crate::memory::MemoryConfig::new(1 << 30), &pool(0)).is_none());
     }
 
     #[test]

@@ -105,6 +105,13 @@ pub enum Error {
         /// As given.
         value: String,
     },
+    /// `--memory SIZE,...` with options that do not parse.
+    MemoryOption {
+        /// The whole value as given.
+        spec: String,
+        /// What is wrong.
+        error: crate::memory::OptionError,
+    },
     /// `--cpus` not 1 to [`MAX_CPUS`].
     Cpus {
         /// As given.
@@ -250,6 +257,9 @@ impl Explain for Error {
                 ),
                 format!("give at most {}T", MAX_MEMORY >> 40),
             ),
+            Self::MemoryOption { spec, error } => {
+                error.advice().within(format!("--memory '{spec}'"))
+            }
             Self::Cpus { value } => Advice::new(
                 format!("--cpus '{value}' is not a vCPU count"),
                 format!("give a number from 1 to {MAX_CPUS}"),
@@ -342,8 +352,8 @@ pub struct VmConfig {
     pub initramfs: Option<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
-    /// Guest RAM in bytes.
-    pub memory: u64,
+    /// Guest RAM: size, backing, physical address width.
+    pub memory: crate::memory::MemoryConfig,
     /// vCPU count.
     pub cpus: u8,
     /// Passed-through devices, in guest slot order.
@@ -396,7 +406,7 @@ fn vm_config(run: cli::RunArgs) -> Result<VmConfig, Error> {
         kernel,
         initramfs,
         cmdline: text("--cmdline", &run.cmdline)?.to_owned(),
-        memory: memory(&run.memory)?,
+        memory: memory_config(&run.memory)?,
         cpus: cpus(&run.cpus)?,
         devices: devices(&run.device)?,
         debug_exit: run.debug_exit.as_deref().map(debug_exit).transpose()?,
@@ -431,7 +441,7 @@ fn remote_command(remote: cli::RemoteArgs) -> Result<Command, Error> {
 fn check_config(check: cli::CheckArgs) -> Result<crate::check::CheckConfig, Error> {
     Ok(crate::check::CheckConfig {
         devices: devices(&check.device)?,
-        memory: check.memory.as_deref().map(memory).transpose()?,
+        memory: check.memory.as_deref().map(memory_config).transpose()?,
         json: check.json,
     })
 }
@@ -488,9 +498,30 @@ pub fn parse_size(s: &str) -> Result<u64, Error> {
 }
 
 /// Guest RAM as `--memory` gives it, for a run or a check: a size, a positive multiple of
-/// 4 KiB, at most [`MAX_MEMORY`].
-fn memory(value: &OsStr) -> Result<u64, Error> {
-    let text = text("--memory", value)?;
+/// 4 KiB, at most [`MAX_MEMORY`], then the options of [`crate::memory::MemoryConfig`]
+/// (`,hugepages=on,...`).
+pub(crate) fn memory_config(value: &OsStr) -> Result<crate::memory::MemoryConfig, Error> {
+    let spec = text("--memory", value)?;
+    let (size, options) = match spec.split_once(',') {
+        Some((size, options)) => (size, Some(options)),
+        None => (spec, None),
+    };
+    let bytes = memory(size)?;
+    match options {
+        None => Ok(crate::memory::MemoryConfig::new(bytes)),
+        Some(options) => {
+            crate::memory::MemoryConfig::with_options(bytes, options).map_err(|error| {
+                Error::MemoryOption {
+                    spec: spec.to_string(),
+                    error,
+                }
+            })
+        }
+    }
+}
+
+/// The size of `--memory`: a positive multiple of 4 KiB, at most [`MAX_MEMORY`].
+fn memory(text: &str) -> Result<u64, Error> {
     let bytes = parse_size(text)?;
     let value = text.to_string();
     if bytes == 0 || !bytes.is_multiple_of(4096) {
@@ -688,7 +719,7 @@ mod tests {
     fn defaults() {
         let cfg = run(&["--kernel", "bz"]);
         assert_eq!(cfg.kernel, PathBuf::from("bz"));
-        assert_eq!(cfg.memory, DEFAULT_MEMORY);
+        assert_eq!(cfg.memory, crate::memory::MemoryConfig::new(DEFAULT_MEMORY));
         assert_eq!(parse_size(DEFAULT_MEMORY_TEXT), Ok(DEFAULT_MEMORY));
         assert_eq!(cfg.cpus, 1);
         assert_eq!(cfg.cmdline, "console=ttyS0");
@@ -735,7 +766,7 @@ mod tests {
         ]);
         assert_eq!(cfg.initramfs, Some(PathBuf::from("rd")));
         assert_eq!(cfg.cmdline, "console=ttyS0 quiet");
-        assert_eq!((cfg.memory, cfg.cpus), (2 << 30, 4));
+        assert_eq!((cfg.memory.size, cfg.cpus), (2 << 30, 4));
         assert_eq!((cfg.debug_exit, cfg.timeout), (Some(0xf4), Some(30)));
         assert_eq!(cfg.devices.len(), 2);
         assert_eq!(cfg.stats, Some(crate::stats::Format::Json));
@@ -867,7 +898,10 @@ mod tests {
             panic!()
         };
         assert_eq!(cfg.devices.len(), 2);
-        assert_eq!((cfg.memory, cfg.json), (Some(2 << 30), true));
+        assert_eq!(
+            (cfg.memory.map(|m| m.size), cfg.json),
+            (Some(2 << 30), true)
+        );
         assert_eq!(
             parse(&["check"]),
             Ok(Command::Check(crate::check::CheckConfig::default()))
@@ -1021,7 +1055,7 @@ mod tests {
              most 1024T",
         );
         assert_eq!(
-            run(&["--kernel", "k", "--memory", "1024T"]).memory,
+            run(&["--kernel", "k", "--memory", "1024T"]).memory.size,
             MAX_MEMORY
         );
         rejects(

@@ -95,9 +95,11 @@ fn info(t: &Target) -> Info {
                 boot_vcpus: t.cfg.cpus,
                 max_vcpus: t.cfg.cpus,
             },
-            memory: Memory { size: t.cfg.memory },
+            memory: Memory {
+                size: t.cfg.memory.size,
+            },
         },
-        memory_actual_size: t.cfg.memory,
+        memory_actual_size: t.cfg.memory.size,
         devices: t.vm.passthrough.info(),
     }
 }

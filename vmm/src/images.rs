@@ -295,7 +295,7 @@ fn check_cmdline(image: &Image, len: usize) -> Result<(), Error> {
 /// goes. When the initramfs cannot fit whatever the memory, that is what the message says.
 fn check_room(image: &Image, cfg: &VmConfig, initrd: Option<u64>) -> Result<Option<u64>, Error> {
     let hole = MEM_32BIT_GAP_START;
-    let low_end = ram_ranges(cfg.memory)[0].len;
+    let low_end = ram_ranges(cfg.memory.size)[0].len;
     match initrd {
         Some(size) => {
             if let Some(addr) = image.initrd_address(low_end, size) {
@@ -307,7 +307,7 @@ fn check_room(image: &Image, cfg: &VmConfig, initrd: Option<u64>) -> Result<Opti
     }
     match image.min_low_ram_mib(initrd, hole) {
         Some(need_mib) => Err(Error::TooSmall {
-            memory: cfg.memory,
+            memory: cfg.memory.size,
             need_mib,
             kernel: cfg.kernel.clone(),
             image: *image,
@@ -372,7 +372,7 @@ mod tests {
             kernel: kernel.to_path_buf(),
             initramfs: initramfs.map(Path::to_path_buf),
             cmdline: DEFAULT_CMDLINE.to_string(),
-            memory: memory_mib << 20,
+            memory: crate::memory::MemoryConfig::new(memory_mib << 20),
             cpus: 1,
             devices: Vec::new(),
             debug_exit: None,

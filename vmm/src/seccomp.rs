@@ -9,11 +9,15 @@
 //!
 //! - vCPU threads: `KVM_RUN` and the exits it returns. A guest's PCI config or trapped BAR
 //!   access is served on the vCPU thread (`passthrough`): `pread64`/`pwrite64` on the VFIO
-//!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`), interrupt rewiring (`eventfd2`,
+//!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`, and `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`
+//!   for the BAR's peer-to-peer DMA mapping), interrupt rewiring (`eventfd2`,
 //!   `close`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`, `VFIO_DEVICE_SET_IRQS`, `poll` for the
 //!   MSI-X PBA). Also the serial console (`write`), locks (`futex`), logging, the kick signal
 //!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
 //!   (`tgkill` of SIGABRT to ourselves) and thread exit.
+//! - The background mapper of large BARs (`p2p`, only when a BAR of 1 GiB or more is passed
+//!   through): `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`, sleeping before it tries a chunk again,
+//!   locks, logging, thread exit.
 //! - The main thread: the event loop (`epoll_wait`, `read` of eventfds, timerfd, signalfd and
 //!   stdin), kicking vCPU threads (`tgkill` of a real-time signal to ourselves), joining them,
 //!   and teardown: interrupts off and device reset (`VFIO_DEVICE_SET_IRQS`,
@@ -55,6 +59,8 @@ pub enum Thread {
     /// The API thread (`--api-socket`): accepts, reads and writes its socket, hands actions
     /// to the main thread.
     Api,
+    /// The background mapper of large BARs for peer-to-peer DMA (`passthrough::p2p`).
+    P2p,
 }
 
 impl std::fmt::Display for Thread {
@@ -63,6 +69,7 @@ impl std::fmt::Display for Thread {
             Thread::Vmm => "vmm",
             Thread::Vcpu => "vCPU",
             Thread::Api => "API",
+            Thread::P2p => "p2p",
         })
     }
 }
@@ -143,6 +150,7 @@ ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
 ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 
 /// Terminal ioctls of tcgetattr/tcsetattr (glibc up to 2.41, and the termios2 ones after).
@@ -165,6 +173,8 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
         VFIO_DEVICE_SET_IRQS(),
+        VFIO_IOMMU_MAP_DMA(),
+        VFIO_IOMMU_UNMAP_DMA(),
         KVM_GET_REGS(),
         KVM_GET_SREGS(),
     ];
@@ -195,6 +205,11 @@ fn vmm_ioctls() -> Vec<u64> {
     v
 }
 
+/// ioctl requests of the background mapper of large BARs.
+fn p2p_ioctls() -> Vec<u64> {
+    vec![VFIO_IOMMU_MAP_DMA(), VFIO_IOMMU_UNMAP_DMA()]
+}
+
 /// Syscalls both kinds of thread make without argument checks: memory, locks, time, signal
 /// returns, writes to stdout/stderr and eventfds, thread and process exit.
 const COMMON: &[i64] = &[
@@ -222,6 +237,10 @@ const COMMON: &[i64] = &[
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
+
+/// Only on the background mapper of large BARs: the pause before it tries a refused chunk
+/// again.
+const P2P_ONLY: &[i64] = &[libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
 
 /// Only on vCPU threads: VFIO device region access and interrupt eventfds.
 const VCPU_ONLY: &[i64] = &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2];
@@ -302,12 +321,14 @@ pub fn rules(thread: Thread) -> Result<Rules, BackendError> {
         Thread::Vmm => VMM_ONLY,
         Thread::Vcpu => VCPU_ONLY,
         Thread::Api => API_ONLY,
+        Thread::P2p => P2P_ONLY,
     };
     let mut rules: Rules = COMMON.iter().chain(only).map(|&nr| (nr, vec![])).collect();
     let ioctls = match thread {
         Thread::Vmm => vmm_ioctls(),
         Thread::Vcpu => vcpu_ioctls(),
         Thread::Api => vec![libc::FIONBIO],
+        Thread::P2p => p2p_ioctls(),
     };
     rules.insert(libc::SYS_ioctl, any_of(1, &ioctls)?);
     rules.insert(libc::SYS_tgkill, tgkill_rules(thread)?);
@@ -475,7 +496,7 @@ mod tests {
 
     #[test]
     fn both_filters_compile() {
-        for thread in [Thread::Vmm, Thread::Vcpu, Thread::Api] {
+        for thread in [Thread::Vmm, Thread::Vcpu, Thread::Api, Thread::P2p] {
             let bpf = program(thread).unwrap();
             assert!(
                 bpf.len() > 50 && bpf.len() < 1024,
@@ -499,6 +520,7 @@ mod tests {
         assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
+        assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
     }
 
     #[test]
@@ -521,6 +543,16 @@ mod tests {
             libc::SYS_kill,
         ] {
             assert!(!vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
+        }
+        let p2p = rules(Thread::P2p).unwrap();
+        assert_eq!(
+            p2p[&libc::SYS_ioctl].len(),
+            2,
+            "VFIO_IOMMU_MAP_DMA and UNMAP_DMA"
+        );
+        assert!(p2p.contains_key(&libc::SYS_clock_nanosleep));
+        for nr in [libc::SYS_openat, libc::SYS_clone, libc::SYS_pwrite64] {
+            assert!(!p2p.contains_key(&nr), "{nr}");
         }
         assert_eq!(vcpu[&libc::SYS_ioctl].len(), vcpu_ioctls().len());
         assert!(!vcpu_ioctls().contains(&VFIO_DEVICE_RESET()));

@@ -113,7 +113,7 @@ run_l2() {
             # shellcheck disable=SC2086 # device arguments, split on purpose
             set -- qemu-system-x86_64 -enable-kvm -cpu host -M "$QEMU_MACHINE" -m "$mem" \
                 -smp "$cpus" -nodefaults -nographic -serial stdio -no-reboot \
-                -kernel $kernel -initrd /l2/initrd.cpio.gz -append "$l2cmd" $devargs
+                -kernel $kernel -initrd /l2/initrd.cpio.gz -append "$l2cmd" $devargs ${QEMU_EXTRA:-}
             ;;
     esac
     RAW=/tmp/$tag.log

@@ -285,6 +285,66 @@ fn bar_accesses_are_forwarded_inside_the_bar() {
     assert_eq!(data, [0xff; 4]);
     dev.bar_read(ROM_BAR, 0x7ffc, &mut data);
     assert_eq!(data, [0; 4]);
+    dev.bar_read(ROM_BAR, 0x7ffe, &mut data);
+    assert_eq!(data, [0xff; 4], "past the ROM");
+}
+
+#[test]
+fn rom_from_the_device_is_read_once() {
+    let fake = nvme_like();
+    fake.set_config(0x10, &[0x04]);
+    let rom: Vec<u8> = (0..0x8000u32).map(|i| (i * 7) as u8).collect();
+    fake.set_region(ROM_REGION, region_info(0x8000, false));
+    // Backend writes go to the fake's bytes; the ROM region is read-only only for the guest.
+    crate::backend::VfioBackend::write(&fake, ROM_REGION, 0, &rom).unwrap();
+    fake.take_writes();
+    let mut dev = VfioPciDevice::new(fake).unwrap();
+    assert_eq!(dev.rom_image(), Some(&rom[..]));
+    assert_eq!(dev.rom_problem(), None);
+    assert_eq!(dev.bar_set().get(ROM_BAR).map(|b| b.size()), Some(0x8000));
+    let mut data = [0u8; 4];
+    dev.bar_read(ROM_BAR, 8, &mut data);
+    assert_eq!(data, rom[8..12]);
+    assert!(dev.backend().take_writes().is_empty());
+}
+
+#[test]
+fn rom_sources() {
+    let hidden = VfioPciDevice::with_rom(nvme_like(), RomSource::Hidden).unwrap();
+    assert!(hidden.rom_image().is_none() && hidden.bar_set().get(ROM_BAR).is_none());
+    assert!(hidden.bar_plan(ROM_BAR).is_empty());
+    let mut hidden = hidden;
+    assert_eq!(hidden.read_config_register(12), 0, "no ROM BAR");
+    // A file replaces the device's ROM; the BAR is a power of two of at least a page.
+    let image = vec![0x55, 0xaa, 3];
+    let file = VfioPciDevice::with_rom(nvme_like(), RomSource::Image(image)).unwrap();
+    let rom = file.rom_image().unwrap();
+    assert_eq!(rom.len(), 0x1000);
+    assert_eq!(
+        (&rom[..3], rom[3], rom[0xfff]),
+        (&[0x55, 0xaa, 3][..], 0xff, 0xff)
+    );
+    assert_eq!(file.bar_set().get(ROM_BAR).unwrap().kind(), BarKind::Rom);
+    // Also on a device without a ROM of its own.
+    let bare = FakeBackend::new(1, 2, false);
+    let file = VfioPciDevice::with_rom(bare, RomSource::Image(vec![1; 0x1_0001])).unwrap();
+    assert_eq!(file.bar_set().get(ROM_BAR).unwrap().size(), 0x2_0000);
+    let bare = VfioPciDevice::new(FakeBackend::new(1, 2, false)).unwrap();
+    assert!(bare.rom_image().is_none() && bare.rom_problem().is_none());
+}
+
+#[test]
+fn unreadable_rom_is_hidden_with_the_reason() {
+    let fake = nvme_like();
+    fake.set_unreadable(ROM_REGION);
+    let mut dev = VfioPciDevice::new(fake).unwrap();
+    assert!(dev.rom_image().is_none());
+    assert!(dev
+        .rom_problem()
+        .unwrap()
+        .contains("Cannot allocate memory"));
+    assert_eq!(dev.read_config_register(12), 0);
+    assert_eq!(dev.bars().len(), 3);
 }
 
 #[test]
@@ -320,7 +380,14 @@ fn mmap_plans() {
             kind: SegmentKind::Trap
         }]
     );
-    assert_eq!(nvme.bar_plan(ROM_BAR)[0].kind, SegmentKind::Trap);
+    assert_eq!(
+        nvme.bar_plan(ROM_BAR),
+        vec![Segment {
+            offset: 0,
+            len: 0x8000,
+            kind: SegmentKind::Rom
+        }]
+    );
     assert!(nvme.bar_plan(1).is_empty());
     let sparse = nvme_like();
     let mut info = region_info(0x10_0000, true);
@@ -377,5 +444,5 @@ fn random_accesses_do_not_panic() {
     }
     dev.take_interrupt_changes();
     dev.backend().take_writes();
-    assert!(dev.bars().len() == 4);
+    assert_eq!(dev.bars().len(), 4);
 }

@@ -25,10 +25,19 @@ const ABOUT: &str = "vmm: a minimal KVM virtual machine monitor for PCI passthro
 
 const DEVICE_HELP: &str = "\
 pass a host device through (repeatable):
-  vfio-pci,host=[DOMAIN:]BUS:SLOT.FN[,id=NAME][,managed=on]
-  vfio-pci,sysfsdev=/sys/bus/pci/devices/...[,id=NAME][,managed=on]
-sysfsdev wins when both are given; managed=on moves the device
-from its host driver to vfio-pci and back when vmm ends (root)";
+  vfio-pci,host=[DOMAIN:]BUS:SLOT.FN[,KEY=VALUE]...
+  vfio-pci,sysfsdev=/sys/bus/pci/devices/...[,KEY=VALUE]...
+sysfsdev wins when both are given; keys: id=NAME, managed=on
+(move the device from its host driver to vfio-pci and back
+when vmm ends; root), rombar=off (hide the expansion ROM),
+romfile=PATH (serve this ROM image, e.g. a VBIOS dump), p2p=off
+(do not map its BARs for other devices' DMA)";
+
+const MEMORY_HELP: &str = "\
+guest RAM: bytes or with K, M, G, T suffix; SIZE,hugepages=on
+backs it with the host's hugetlb pool (2M pages unless
+hugepage-size=1G); SIZE,phys-bits=N narrows the guest's physical
+address width below what KVM offers (BARs must fit under it)";
 
 const DEBUG_EXIT_HELP: &str = "\
 a guest write of byte V to PORT [default: 0xf4] ends vmm with
@@ -43,9 +52,10 @@ RUST_LOG [default: warnings, or the level RUST_LOG names]";
 const CHECK_ABOUT: &str = "\
 vmm check: is this host ready for passthrough? One PASS, WARN or FAIL line per check
 (with the fix when not PASS): KVM and its capabilities, the IOMMU, vfio-pci, interrupt
-remapping, the locked-memory limit (against --memory SIZE when given), and for each
---device SPEC (as for a run) its driver, its IOMMU group with every member, and
-/dev/vfio/N.";
+remapping, the locked-memory limit (against --memory SIZE when given), the hugepage pool
+(--memory SIZE,hugepages=on), and for each --device SPEC (as for a run) its driver, its
+IOMMU group with every member, /dev/vfio/N, each BAR's size and whether it fits the
+guest's physical address width, and its expansion ROM.";
 
 const CHECK_JSON: &str = "\
 --json prints one object on stdout instead: {\"ok\":BOOL,\"checks\":[{\"name\":..,
@@ -135,8 +145,7 @@ pub struct RunArgs {
     /// kernel command line
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     pub cmdline: OsString,
-    /// guest RAM: bytes or with K, M, G, T suffix
-    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY_TEXT)]
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY_TEXT, help = MEMORY_HELP)]
     pub memory: OsString,
     /// number of vCPUs, 1-254
     #[arg(long, value_name = "N", default_value = "1")]
@@ -210,7 +219,8 @@ pub struct CheckArgs {
     /// a device to check, as --device of a run takes it (repeatable)
     #[arg(long, value_name = "SPEC")]
     pub device: Vec<OsString>,
-    /// guest RAM to check the locked-memory limit against
+    /// guest RAM (as a run takes it) to check the locked-memory limit, the hugepage pool
+    /// and where BARs go against
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<OsString>,
     /// one JSON object on stdout instead of text lines

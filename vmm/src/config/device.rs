@@ -141,6 +141,13 @@ pub struct DeviceConfig {
     pub id: Option<String>,
     /// `managed=on`: bind the device to vfio-pci for the run, its own driver back after.
     pub managed: bool,
+    /// `rombar=on` (default): the guest sees the expansion ROM BAR; `off` hides it.
+    pub rombar: bool,
+    /// `romfile=PATH`: the ROM the guest reads is this file, not the device's.
+    pub romfile: Option<PathBuf>,
+    /// `p2p=on` (default): the device's mmapped BARs are also mapped for DMA at their guest
+    /// addresses, so other passed-through devices can reach them.
+    pub p2p: bool,
 }
 
 /// What is wrong with a `--device` spec.
@@ -162,12 +169,23 @@ pub enum DeviceError {
     NoDevice,
     /// `managed=` neither `on` nor `off`.
     Managed(String),
+    /// `rombar=` or `p2p=` neither `on` nor `off`.
+    OnOff {
+        /// The key.
+        key: &'static str,
+        /// As given.
+        value: String,
+    },
+    /// Both `rombar=off` and `romfile=`.
+    RomfileHidden,
     /// `host=` is not a PCI address.
     Address(BdfError),
 }
 
 /// The keys of a spec.
-const KEYS: [&str; 4] = ["host", "sysfsdev", "id", "managed"];
+const KEYS: [&str; 7] = [
+    "host", "sysfsdev", "id", "managed", "rombar", "romfile", "p2p",
+];
 
 impl Explain for DeviceError {
     fn advice(&self) -> Advice {
@@ -193,6 +211,14 @@ impl Explain for DeviceError {
             Self::Managed(v) => Advice::new(
                 format!("bad value '{v}' for 'managed'"),
                 "write managed=on or managed=off",
+            ),
+            Self::OnOff { key, value } => Advice::new(
+                format!("bad value '{value}' for '{key}'"),
+                format!("write {key}=on or {key}=off"),
+            ),
+            Self::RomfileHidden => Advice::new(
+                "both rombar=off and romfile=",
+                "drop one: rombar=off hides the ROM, romfile= serves a file as the ROM",
             ),
             Self::Address(e) => e.advice(),
         }
@@ -270,7 +296,7 @@ fn parse_fields(spec: &[u8]) -> Result<DeviceConfig, DeviceError> {
             return Err(DeviceError::KeyTwice(KEYS[i]));
         }
     }
-    let [host, sysfsdev, id, managed] = values;
+    let [host, sysfsdev, id, managed, rombar, romfile, p2p] = values;
     let source = match (sysfsdev, utf8("host", host)?) {
         (Some(path), _) => DeviceSource::Sysfs(PathBuf::from(OsStr::from_bytes(path))),
         (None, Some(bdf)) => DeviceSource::Host(bdf.parse().map_err(DeviceError::Address)?),
@@ -281,11 +307,31 @@ fn parse_fields(spec: &[u8]) -> Result<DeviceConfig, DeviceError> {
         Some("on") => true,
         Some(other) => return Err(DeviceError::Managed(other.to_string())),
     };
+    let rombar = on_off("rombar", rombar, true)?;
+    if !rombar && romfile.is_some() {
+        return Err(DeviceError::RomfileHidden);
+    }
     Ok(DeviceConfig {
         source,
         id: utf8("id", id)?.map(str::to_owned),
         managed,
+        rombar,
+        romfile: romfile.map(|p| PathBuf::from(OsStr::from_bytes(p))),
+        p2p: on_off("p2p", p2p, true)?,
     })
+}
+
+/// The value of an `on`/`off` key, `default` when not given.
+fn on_off(key: &'static str, value: Option<&[u8]>, default: bool) -> Result<bool, DeviceError> {
+    match utf8(key, value)? {
+        None => Ok(default),
+        Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(DeviceError::OnOff {
+            key,
+            value: other.to_string(),
+        }),
+    }
 }
 
 /// The value of `key`, when given, as text.
@@ -373,6 +419,14 @@ mod tests {
             DeviceSource::Sysfs("/sys/bus/pci/devices/0000:00:04.0".into()),
             "sysfsdev wins"
         );
+        assert!(d.rombar && d.p2p && d.romfile.is_none(), "defaults: {d:?}");
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,rombar=off,p2p=off".parse().unwrap();
+        assert!(!d.rombar && !d.p2p);
+        let d: DeviceConfig = "vfio-pci,host=00:03.0,romfile=/tmp/vbios.rom,rombar=on,p2p=on"
+            .parse()
+            .unwrap();
+        assert_eq!(d.romfile, Some(PathBuf::from("/tmp/vbios.rom")));
+        assert!(d.rombar && d.p2p);
         // sysfsdev wins even over a malformed host=.
         let d: DeviceConfig = "vfio-pci,sysfsdev=/sys/bus/mdev/devices/u,host=zz"
             .parse()
@@ -452,6 +506,30 @@ mod tests {
             (
                 "vfio-pci,host=00:03.0,managed=yes",
                 "bad value 'yes' for 'managed'; write managed=on or managed=off",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rombar=0",
+                "bad value '0' for 'rombar'; write rombar=on or rombar=off",
+            ),
+            (
+                "vfio-pci,host=00:03.0,p2p=no",
+                "bad value 'no' for 'p2p'; write p2p=on or p2p=off",
+            ),
+            (
+                "vfio-pci,host=00:03.0,romfile=",
+                "empty value for 'romfile'",
+            ),
+            (
+                "vfio-pci,host=00:03.0,romfile=a,romfile=b",
+                "'romfile' given twice",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rombar=off,romfile=v.rom",
+                "both rombar=off and romfile=; drop one",
+            ),
+            (
+                "vfio-pci,host=00:03.0,rom=off",
+                "the keys are host, sysfsdev, id, managed, rombar, romfile, p2p",
             ),
         ] {
             let e = bad.parse::<DeviceConfig>().unwrap_err().to_string();

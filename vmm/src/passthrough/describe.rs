@@ -16,7 +16,7 @@ pub(super) fn device_summary(device: &Device, intx_gsi: Option<u32>) -> String {
         let mapped = dev
             .bar_plan(bar.index())
             .iter()
-            .filter(|s| s.kind == SegmentKind::Mmap)
+            .filter(|s| s.kind != SegmentKind::Trap)
             .map(|s| s.len)
             .sum();
         parts.push(describe_bar(
@@ -37,11 +37,12 @@ pub(super) fn device_summary(device: &Device, intx_gsi: Option<u32>) -> String {
 
 /// `BAR0 1 MiB 32-bit at 0xc0000000 mapped`, `BAR2 16 KiB 64-bit prefetchable at ADDR:
 /// 12 KiB mapped + 4 KiB trapped`, `BAR1 32 bytes I/O at ADDR trapped`, `ROM 64 KiB at ADDR
-/// trapped`: `mapped` of its `size` bytes are mmapped into the guest, the rest trapped.
+/// read-only memory`: `mapped` of its `size` bytes are mmapped into the guest, the rest
+/// trapped.
 fn describe_bar(index: u8, kind: BarKind, size: u64, addr: u64, mapped: u64) -> String {
     let size_text = format_size(size);
     let name = match kind {
-        BarKind::Rom => format!("ROM {size_text} at {addr:#x}"),
+        BarKind::Rom => return format!("ROM {size_text} at {addr:#x} read-only memory"),
         BarKind::Io => format!("BAR{index} {size_text} I/O at {addr:#x}"),
         BarKind::Mem32 { prefetchable } | BarKind::Mem64 { prefetchable } => {
             let bits = if matches!(kind, BarKind::Mem32 { .. }) {
@@ -116,8 +117,8 @@ mod tests {
             "BAR1 32 bytes I/O at 0x1000 trapped"
         );
         assert_eq!(
-            describe_bar(6, BarKind::Rom, 256 << 10, at, 0),
-            "ROM 256 KiB at 0xc0000000 trapped"
+            describe_bar(6, BarKind::Rom, 256 << 10, at, 256 << 10),
+            "ROM 256 KiB at 0xc0000000 read-only memory"
         );
     }
 

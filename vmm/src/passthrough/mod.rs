@@ -1,41 +1,43 @@
-//! Passthrough wiring: the guest PCI bus with its VFIO devices, each BAR's KVM memory slots
-//! (mmapped parts) and bus entries (trapped parts) kept where the guest put it, and each
-//! device's interrupts ([`irqs`]) kept matching what the guest programmed.
+//! Passthrough wiring: the guest PCI bus with its VFIO devices, their BARs placed before boot
+//! (the 64-bit ones in a window sized for them, checked against the guest's physical address
+//! width) and then kept where the guest puts them ([`bars`]: KVM memory slots, DMA mappings for
+//! peer-to-peer, bus entries, the ROM as read-only memory), and each device's interrupts
+//! ([`irqs`]) kept matching what the guest programmed.
 //!
 //! Lock order: a config-space access holds its `ConfigAccess` lock, then briefly the root's,
 //! then the `BarMapper`'s; the mapper takes a device's lock only to read its BAR plan and
 //! never while changing a bus. A device model's lock is taken before its `DeviceIrqs` lock.
 //! Buses never hold their map lock while calling a device.
 
+mod bars;
 mod describe;
 mod dma;
 mod irqs;
+mod p2p;
 
 pub use dma::progress_text;
 
-use crate::config::DeviceConfig;
+use crate::config::{format_size, DeviceConfig};
 use crate::interrupts::IrqRouter;
 use arch::GuestMemoryMmap;
+use bars::{BarMapper, KvmDma, KvmMaps, Part, RomMemory};
 use devices::{Bus, BusDevice};
-use kvm_bindings::{
-    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO, kvm_userspace_memory_region,
-};
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use pci::{BarReprogram, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
+use pci::{BarKind, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
 use resources::layout::PCI_ECAM_START;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use vfio::backend::INTX_IRQ;
-use vfio::host::{HostDevice, MmapArea, VfioHost};
-use vfio::{SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
+use vfio::host::{HostDevice, VfioHost};
+use vfio::{RomSource, SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
 use vfio_ioctls::VfioDeviceFd;
 
 /// Config dword holding interrupt line (byte 0) and pin (byte 1).
 const INTERRUPT_REG: usize = 0x3c / 4;
-/// Size of the 64-bit BAR window above RAM.
-const MMIO64_SIZE: u64 = 64 << 30;
-/// KVM memory slots for BARs start here (RAM uses the first few).
-const FIRST_BAR_SLOT: u32 = 16;
+/// Largest `romfile=`: a ROM BAR decodes at most 2 GiB.
+const MAX_ROMFILE: u64 = 1 << 31;
 
 /// Errors attaching passed-through devices.
 #[derive(Debug)]
@@ -85,6 +87,22 @@ pub enum Error {
     },
     /// Bus layout clash (a bug).
     Bus(devices::bus::Error),
+    /// A 64-bit BAR does not fit below the guest's physical address width.
+    BarTooLarge(TooLarge),
+    /// The background mapper thread could not be started.
+    Thread {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `romfile=` that cannot be served.
+    RomFile {
+        /// The device as given.
+        device: String,
+        /// The path given.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl diag::Explain for Error {
@@ -116,6 +134,22 @@ impl diag::Explain for Error {
                 "give each device once",
             ),
             Error::Bus(e) => e.advice(),
+            Error::BarTooLarge(t) => Advice::new(t.problem.clone(), t.fix.clone()),
+            Error::Thread { source } => Advice::new(
+                format!(
+                    "cannot start the thread that maps large BARs for peer-to-peer DMA: {source}"
+                ),
+                "check the process's limits (ulimit -u) and free memory",
+            ),
+            Error::RomFile {
+                device,
+                path,
+                reason,
+            } => Advice::new(
+                format!("romfile '{path}' of --device {device}: {reason}"),
+                "give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump, see the \
+                 README's GPU section) or drop romfile=",
+            ),
         }
     }
 }
@@ -178,190 +212,6 @@ impl BusDevice for TrappedPart {
     }
 }
 
-/// How one part of a BAR is served, and where it is installed now.
-enum Part {
-    Mapped {
-        offset: u64,
-        area: MmapArea,
-        slot: Option<u32>,
-    },
-    Trapped {
-        offset: u64,
-        len: u64,
-        handler: Arc<Mutex<dyn BusDevice>>,
-        base: Option<u64>,
-        /// For `--stats`: "DEVICE BARn".
-        name: String,
-    },
-}
-
-/// Keeps BARs installed at the addresses the guest programs.
-pub struct BarMapper {
-    vm: Arc<VmFd>,
-    // Weak: the buses hold the config-access handlers that hold this mapper.
-    pio: Weak<Bus>,
-    mmio: Weak<Bus>,
-    /// Parts of each (PCI slot, BAR).
-    bars: HashMap<(u8, u8), Vec<Part>>,
-    free_slots: Vec<u32>,
-    next_slot: u32,
-}
-
-impl BarMapper {
-    fn new(vm: Arc<VmFd>, pio: &Arc<Bus>, mmio: &Arc<Bus>) -> Self {
-        Self {
-            vm,
-            pio: Arc::downgrade(pio),
-            mmio: Arc::downgrade(mmio),
-            bars: HashMap::new(),
-            free_slots: Vec::new(),
-            next_slot: FIRST_BAR_SLOT,
-        }
-    }
-
-    /// Prepares the parts of every BAR of the device in PCI slot `slot`: mmaps what can be
-    /// mapped, makes handlers for the rest. Nothing is installed until the guest enables
-    /// decoding.
-    fn add(&mut self, slot: u8, device: &Arc<Passed>, name: &str) -> Result<(), Error> {
-        let dev = lock(&device.model);
-        let bars: Vec<u8> = dev.bar_set().iter().map(|b| b.index()).collect();
-        for bar in bars {
-            let mut parts = Vec::new();
-            for seg in dev.bar_plan(bar) {
-                parts.push(match seg.kind {
-                    SegmentKind::Mmap => Part::Mapped {
-                        offset: seg.offset,
-                        area: dev
-                            .backend()
-                            .mmap(u32::from(bar), seg.offset, seg.len)
-                            .map_err(|source| Error::Mmap {
-                                device: name.to_owned(),
-                                bar,
-                                source,
-                            })?,
-                        slot: None,
-                    },
-                    SegmentKind::Trap => Part::Trapped {
-                        offset: seg.offset,
-                        len: seg.len,
-                        handler: Arc::new(Mutex::new(TrappedPart {
-                            device: device.clone(),
-                            bar,
-                            offset: seg.offset,
-                        })),
-                        base: None,
-                        name: format!("{name} BAR{bar}"),
-                    },
-                });
-            }
-            self.bars.insert((slot, bar), parts);
-        }
-        Ok(())
-    }
-
-    /// Moves BAR `mv.bar` of PCI slot `slot`: uninstalls it from the old base and installs it
-    /// at the new one (0 means "not decoded"). A guest that programs a clashing address gets
-    /// the clashing part left unmapped and a warning, never a VMM failure.
-    fn apply(&mut self, slot: u8, mv: &BarReprogram) {
-        let Some(mut parts) = self.bars.remove(&(slot, mv.bar)) else {
-            return;
-        };
-        for part in &mut parts {
-            self.uninstall(part, mv.is_io);
-        }
-        if mv.new_base != 0 {
-            for part in &mut parts {
-                self.install(part, mv.new_base, mv.is_io);
-            }
-        }
-        log::debug!(
-            "pci slot {slot} BAR {}: {:#x} -> {:#x} ({:#x} bytes)",
-            mv.bar,
-            mv.old_base,
-            mv.new_base,
-            mv.len
-        );
-        self.bars.insert((slot, mv.bar), parts);
-    }
-
-    /// The bus a BAR of this kind lives on; `None` once the VM is being dropped.
-    fn bus(&self, is_io: bool) -> Option<Arc<Bus>> {
-        if is_io {
-            self.pio.upgrade()
-        } else {
-            self.mmio.upgrade()
-        }
-    }
-
-    fn install(&mut self, part: &mut Part, base: u64, is_io: bool) {
-        match part {
-            Part::Mapped { offset, area, slot } => {
-                let id = self.free_slots.pop().unwrap_or_else(|| {
-                    self.next_slot += 1;
-                    self.next_slot - 1
-                });
-                let region = kvm_userspace_memory_region {
-                    slot: id,
-                    flags: 0,
-                    guest_phys_addr: base + *offset,
-                    memory_size: area.len() as u64,
-                    userspace_addr: area.addr() as u64,
-                };
-                // SAFETY: the mapping lives in `area` until this part is uninstalled (which
-                // deletes the slot first) or the VM ends.
-                match unsafe { self.vm.set_user_memory_region(region) } {
-                    Ok(()) => *slot = Some(id),
-                    Err(e) => {
-                        self.free_slots.push(id);
-                        log::warn!(
-                            "guest put a BAR at {:#x}, which KVM refuses ({e}); left unmapped",
-                            base + *offset
-                        );
-                    }
-                }
-            }
-            Part::Trapped {
-                offset,
-                len,
-                handler,
-                base: at,
-                name,
-            } => {
-                let Some(bus) = self.bus(is_io) else { return };
-                match bus.insert_named(name, handler.clone(), base + *offset, *len) {
-                    Ok(()) => *at = Some(base + *offset),
-                    Err(e) => log::warn!("guest put a BAR where it clashes: {e}; left unmapped"),
-                }
-            }
-        }
-    }
-
-    fn uninstall(&mut self, part: &mut Part, is_io: bool) {
-        match part {
-            Part::Mapped { slot, area, .. } => {
-                if let Some(id) = slot.take() {
-                    let region = kvm_userspace_memory_region {
-                        slot: id,
-                        memory_size: 0,
-                        userspace_addr: area.addr() as u64,
-                        ..Default::default()
-                    };
-                    // SAFETY: size 0 deletes the slot; no memory is handed to KVM.
-                    if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-                        log::warn!("cannot remove KVM slot {id}: {e}");
-                    }
-                    self.free_slots.push(id);
-                }
-            }
-            Part::Trapped { base, .. } => {
-                if let (Some(at), Some(bus)) = (base.take(), self.bus(is_io)) {
-                    bus.remove(at);
-                }
-            }
-        }
-    }
-}
-
 /// A config-space access path (mechanism #1 or ECAM) that applies BAR moves and interrupt
 /// reprogramming after each write.
 struct ConfigAccess<D: BusDevice> {
@@ -398,6 +248,7 @@ pub struct Passthrough {
     /// Windows BARs are allocated from (for ACPI).
     pub windows: PciWindows,
     devices: Arc<Vec<Arc<Passed>>>,
+    mapper: Arc<Mutex<BarMapper>>,
 }
 
 /// One passed-through device as `vm.info` shows it.
@@ -417,9 +268,11 @@ impl Passthrough {
         Vec::new()
     }
 
-    /// Quiesces every device before it is released (the vCPUs are stopped): interrupts
-    /// off and unwired from KVM, then a device reset where the device has one.
+    /// Quiesces every device before it is released (the vCPUs are stopped): no more DMA
+    /// mappings made in the background, interrupts off and unwired from KVM, then a device
+    /// reset where the device has one.
     pub fn shutdown(&self) {
+        lock(&self.mapper).stop_worker();
         for device in self.devices.iter() {
             let model = lock(&device.model);
             let host = model.backend();
@@ -439,34 +292,45 @@ pub struct Setup<'a> {
     pub memory: &'a GuestMemoryMmap,
     /// RAM size.
     pub mem_size: u64,
+    /// The guest's physical address width (CPUID 0x80000008): BARs must end below
+    /// `1 << phys_bits`.
+    pub phys_bits: u8,
+    /// The widest the host's KVM allows (for the advice when BARs do not fit).
+    pub kvm_phys_bits: u8,
+    /// Threads started here install their seccomp filter (`--seccomp=on`).
+    pub seccomp: bool,
     /// PIO bus.
     pub pio: &'a Arc<Bus>,
     /// MMIO bus.
     pub mmio: &'a Arc<Bus>,
 }
 
-/// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, maps guest
-/// RAM for their DMA and wires their interrupts. Without devices, just the host bridge.
+/// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, places
+/// their BARs, maps guest RAM for their DMA and wires their interrupts. Without devices, just
+/// the host bridge.
 pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Error> {
-    let windows = PciWindows::new(setup.mem_size, MMIO64_SIZE);
     let root = Arc::new(Mutex::new(PciRoot::new()));
-    let mapper = Arc::new(Mutex::new(BarMapper::new(
-        setup.vm.clone(),
-        setup.pio,
-        setup.mmio,
-    )));
-    let (host, passed) = if devices.is_empty() {
-        (None, Vec::new())
+    let (host, windows, mapper, passed) = if devices.is_empty() {
+        let maps = KvmMaps::new(setup.vm.clone(), KvmDma::new(None));
+        let mapper = BarMapper::new(Box::new(maps), setup.pio, setup.mmio);
+        let windows = PciWindows::new(setup.mem_size, 0);
+        (None, windows, Arc::new(Mutex::new(mapper)), Vec::new())
     } else {
+        let roms = read_romfiles(devices)?;
         let (host, found) = open_host(setup, devices)?;
-        let pci = PciParts {
-            root: &root,
-            mapper: &mapper,
-            windows,
-        };
-        let passed = add_devices(setup, &host, &found, &pci)?;
+        let mut opened = open_devices(&host, &found, devices, roms)?;
+        let windows = place_bars(setup, &mut opened)?;
+        let dma = KvmDma::new(Some(host.dma()));
+        let maps = KvmMaps::new(setup.vm.clone(), dma.clone());
+        let mapper = Arc::new(Mutex::new(BarMapper::new(
+            Box::new(maps),
+            setup.pio,
+            setup.mmio,
+        )));
+        let passed = add_devices(setup, opened, &root, &mapper)?;
+        start_worker(&mut lock(&mapper), dma, setup.seccomp)?;
         dma::map_guest_ram(&host, setup.memory)?;
-        (Some(host), passed)
+        (Some(host), windows, mapper, passed)
     };
     let devices = Arc::new(passed);
     let io = ConfigAccess {
@@ -481,6 +345,7 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         pci::PCI_CONFIG_IO_PORT,
         pci::PCI_CONFIG_IO_SIZE,
     )?;
+    let mapper_ref = mapper.clone();
     let ecam = ConfigAccess {
         inner: PciConfigMmio::new(root.clone()),
         root,
@@ -497,7 +362,18 @@ pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Er
         host,
         windows,
         devices,
+        mapper: mapper_ref,
     })
+}
+
+/// Starts the background mapper of large BARs ([`p2p`]) when some BAR needs it.
+fn start_worker(mapper: &mut BarMapper, dma: KvmDma, seccomp: bool) -> Result<(), Error> {
+    if mapper.needs_worker() {
+        let worker = p2p::DmaWorker::start(Box::new(dma), p2p::CHUNK, seccomp)
+            .map_err(|source| Error::Thread { source })?;
+        mapper.set_worker(worker, p2p::ASYNC_FROM);
+    }
+    Ok(())
 }
 
 /// Refuses two `--device` options that resolve to the same host device (a BDF written two
@@ -522,6 +398,46 @@ fn check_distinct_in(sysfs: &Sysfs, devices: &[DeviceConfig]) -> Result<(), Erro
         }
     }
     Ok(())
+}
+
+/// The ROM each device shows: `rombar=off` none, `romfile=` the file's bytes (read now, so a
+/// bad path is refused before anything is opened), else the device's own.
+fn read_romfiles(devices: &[DeviceConfig]) -> Result<Vec<RomSource>, Error> {
+    devices
+        .iter()
+        .map(|cfg| match (&cfg.romfile, cfg.rombar) {
+            (_, false) => Ok(RomSource::Hidden),
+            (None, true) => Ok(RomSource::Device),
+            (Some(path), true) => {
+                read_romfile(path)
+                    .map(RomSource::Image)
+                    .map_err(|reason| Error::RomFile {
+                        device: cfg.spec(),
+                        path: path.display().to_string(),
+                        reason,
+                    })
+            }
+        })
+        .collect()
+}
+
+/// A ROM image file's bytes, or why it cannot be one.
+pub(crate) fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    if meta.len() > MAX_ROMFILE {
+        return Err(format!(
+            "{} is larger than a ROM BAR",
+            format_size(meta.len())
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(bytes)
 }
 
 /// Checks every device through sysfs (the most precise messages), the memlock limit, then
@@ -553,49 +469,164 @@ fn open_host(
     let host = VfioHost::new(VfioDeviceFd::new_from_kvm(kvm_vfio), sysfs)?;
     Ok((host, found))
 }
-/// The PCI bus pieces devices are added to.
-struct PciParts<'a> {
-    root: &'a Arc<Mutex<PciRoot>>,
-    mapper: &'a Arc<Mutex<BarMapper>>,
-    windows: PciWindows,
+
+/// A device opened and modelled, its BARs not placed yet.
+struct Opened {
+    name: String,
+    group: u32,
+    model: VfioPciDevice<HostDevice>,
+    p2p: bool,
 }
 
-/// Opens each device, resets it, models it, gives its BARs guest addresses, puts it on the
-/// bus and wires its INTx.
-fn add_devices(
-    setup: &Setup,
+/// Opens each device and models it with the ROM it is to show (the reset comes once its BARs
+/// are known to fit: a refusal is then the only line).
+fn open_devices(
     host: &VfioHost,
     found: &[SysfsDevice],
-    pci: &PciParts,
-) -> Result<Vec<Arc<Passed>>, Error> {
-    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
-    let mut resources = PciResources::new(pci.windows).map_err(|source| Error::Resources {
+    cfgs: &[DeviceConfig],
+    roms: Vec<RomSource>,
+) -> Result<Vec<Opened>, Error> {
+    let mut opened = Vec::new();
+    for ((dev, cfg), rom) in found.iter().zip(cfgs).zip(roms) {
+        let hd = host.open(dev)?;
+        let name = hd.name.clone();
+        let group = hd.group;
+        let model = VfioPciDevice::with_rom(hd, rom).map_err(|source| Error::Model {
+            device: name.clone(),
+            source,
+        })?;
+        if let Some(problem) = model.rom_problem() {
+            log::warn!(
+                "{name}: cannot read its expansion ROM ({problem}); the guest sees none \
+                 (romfile=PATH serves a dump of it)"
+            );
+        }
+        opened.push(Opened {
+            name,
+            group,
+            model,
+            p2p: cfg.p2p,
+        });
+    }
+    Ok(opened)
+}
+
+/// Gives every BAR a guest address as firmware would: the 64-bit BARs of all devices together
+/// in a window above RAM sized for them ([`pci::plan_mmio64`]), refused when they do not fit
+/// below the guest's physical address width; the others from the fixed windows.
+fn place_bars(setup: &Setup, opened: &mut [Opened]) -> Result<PciWindows, Error> {
+    let wanted: Vec<(usize, u8, u64)> = opened
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            o.model
+                .bar_set()
+                .iter()
+                .filter(|b| matches!(b.kind(), BarKind::Mem64 { .. }))
+                .map(move |b| (i, b.index(), b.size()))
+        })
+        .collect();
+    let sizes: Vec<u64> = wanted.iter().map(|w| w.2).collect();
+    let limit = 1u64 << setup.phys_bits;
+    let plan = pci::plan_mmio64(setup.mem_size, &sizes, limit).map_err(|o| {
+        let (i, bar, size) = wanted[o.index];
+        too_large(setup, &opened[i].name, bar, size, o.start)
+    })?;
+    for (&(i, bar, _), &addr) in wanted.iter().zip(&plan.addrs) {
+        if let Some(b) = opened[i].model.bar_set_mut().get_mut(bar) {
+            b.set_addr(addr);
+        }
+    }
+    let windows = PciWindows::with_mmio64(plan.window);
+    let mut resources = PciResources::new(windows).map_err(|source| Error::Resources {
         device: "PCI windows".into(),
         source,
     })?;
+    for o in opened.iter_mut() {
+        resources
+            .assign_bars(o.model.bar_set_mut())
+            .map_err(|source| Error::Resources {
+                device: o.name.clone(),
+                source,
+            })?;
+    }
+    Ok(windows)
+}
+
+/// The refusal of BAR `bar` (`size` bytes) of `device`, with the advice that fits.
+fn too_large(setup: &Setup, device: &str, bar: u8, size: u64, start: u64) -> Error {
+    Error::BarTooLarge(TooLarge::new(
+        device,
+        bar,
+        size,
+        start,
+        setup.phys_bits,
+        setup.kvm_phys_bits,
+    ))
+}
+
+/// A 64-bit BAR past the guest's physical address limit, as problem and fix (shared by the
+/// run's refusal and `vmm check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLarge {
+    /// `DEVICE: BAR n (SIZE, 64-bit) does not fit below ...`.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+impl TooLarge {
+    /// BAR `bar` (`size` bytes) of `device` does not fit in a window starting at `start` below
+    /// `1 << bits`; KVM allows `kvm_bits`.
+    pub fn new(device: &str, bar: u8, size: u64, start: u64, bits: u8, kvm_bits: u8) -> Self {
+        let limit = 1u64 << bits;
+        let problem = format!(
+            "{device}: BAR {bar} ({}, 64-bit) does not fit below the guest's {bits}-bit physical \
+             address limit ({}): the 64-bit BARs start above guest RAM at {start:#x} and this \
+             one would end past {limit:#x}",
+            format_size(size),
+            format_size(limit)
+        );
+        let fix = if bits < kvm_bits {
+            format!(
+                "raise phys-bits= in --memory (this host's KVM allows up to {kvm_bits} bits) or \
+                 pass fewer or smaller BARs"
+            )
+        } else {
+            format!(
+                "this host's KVM gives guests at most {kvm_bits} bits: pass fewer or smaller BARs \
+                 (shrink a resizable BAR on the host first) or use a host whose CPU has more \
+                 physical address bits"
+            )
+        };
+        Self { problem, fix }
+    }
+}
+
+/// Resets each device, puts it on the bus, prepares its BARs' parts and wires its INTx.
+fn add_devices(
+    setup: &Setup,
+    opened: Vec<Opened>,
+    root: &Arc<Mutex<PciRoot>>,
+    mapper: &Arc<Mutex<BarMapper>>,
+) -> Result<Vec<Arc<Passed>>, Error> {
+    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
     let mut passed = Vec::new();
-    for dev in found {
-        let hd = host.open(dev)?;
-        let name = hd.name.clone();
-        if !hd.reset() {
+    for o in opened {
+        let Opened {
+            name,
+            group,
+            mut model,
+            p2p,
+        } = o;
+        if !model.backend().reset() {
             log::warn!(
                 "{name}: no reset method (or reset failed); it keeps the state its last user left"
             );
         }
-        let group = hd.group;
-        let mut model = VfioPciDevice::new(hd).map_err(|source| Error::Model {
-            device: name.clone(),
-            source,
-        })?;
-        resources
-            .assign_bars(model.bar_set_mut())
-            .map_err(|source| Error::Resources {
-                device: name.clone(),
-                source,
-            })?;
         let pin = (model.read_config_register(INTERRUPT_REG) >> 8) as u8;
         let model = Arc::new(Mutex::new(model));
-        let slot = lock(pci.root)
+        let slot = lock(root)
             .add_device(model.clone())
             .map_err(|source| Error::Resources {
                 device: name.clone(),
@@ -608,7 +639,9 @@ fn add_devices(
             model,
             irqs: Mutex::new(irqs),
         });
-        lock(pci.mapper).add(slot, &device, &name)?;
+        for (bar, parts) in bar_parts(&device, &name, p2p)? {
+            lock(mapper).insert(slot, bar, format!("{name} BAR{bar}"), parts);
+        }
         lock(&device.irqs).sync(&lock(&device.model));
         log::info!(
             "{name}: IOMMU group {group}, guest 00:{slot:02x}.0; {}",
@@ -617,4 +650,132 @@ fn add_devices(
         passed.push(device);
     }
     Ok(passed)
+}
+
+/// The parts of every BAR of `device`: mmaps what can be mapped (also for peer-to-peer DMA
+/// when `p2p`), a read-only copy of the ROM, handlers for the rest.
+fn bar_parts(device: &Arc<Passed>, name: &str, p2p: bool) -> Result<Vec<(u8, Vec<Part>)>, Error> {
+    let dev = lock(&device.model);
+    let mut all = Vec::new();
+    for bar in dev.bar_set().iter().map(|b| b.index()) {
+        let mut parts = Vec::new();
+        for seg in dev.bar_plan(bar) {
+            let mmap_err = |source| Error::Mmap {
+                device: name.to_owned(),
+                bar,
+                source,
+            };
+            parts.push(match seg.kind {
+                SegmentKind::Mmap => {
+                    let area = dev
+                        .backend()
+                        .mmap(u32::from(bar), seg.offset, seg.len)
+                        .map_err(mmap_err)?;
+                    Part::mapped(seg.offset, Box::new(area), p2p)
+                }
+                SegmentKind::Rom => {
+                    let image = dev.rom_image().unwrap_or_default();
+                    Part::rom(Box::new(RomMemory::new(image).map_err(mmap_err)?))
+                }
+                SegmentKind::Trap => Part::Trapped {
+                    offset: seg.offset,
+                    len: seg.len,
+                    handler: Arc::new(Mutex::new(TrappedPart {
+                        device: device.clone(),
+                        bar,
+                        offset: seg.offset,
+                    })),
+                    base: None,
+                    name: format!("{name} BAR{bar}"),
+                },
+            });
+        }
+        all.push((bar, parts));
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_64bit_window_stays_out_of_the_e820_map() {
+        for mem in [512 << 20, 3 * GIB, 6 * GIB + 4096] {
+            let plan = pci::plan_mmio64(mem, &[128 * GIB, 8 * GIB, 16 << 10], 1 << 40).unwrap();
+            let w = plan.window;
+            assert!(w.size >= 136 * GIB, "{w:?}");
+            for e in arch::boot::e820_map(mem) {
+                assert!(
+                    e.addr + e.size <= w.start || e.addr >= w.start + w.size,
+                    "{e:?} overlaps {w:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn too_large_advice_follows_phys_bits() {
+        let narrowed = TooLarge::new("0000:41:00.0", 1, 128 * GIB, 4 * GIB, 37, 46);
+        assert_eq!(
+            narrowed.problem,
+            "0000:41:00.0: BAR 1 (128 GiB, 64-bit) does not fit below the guest's 37-bit \
+             physical address limit (128 GiB): the 64-bit BARs start above guest RAM at \
+             0x100000000 and this one would end past 0x2000000000"
+        );
+        assert!(narrowed
+            .fix
+            .starts_with("raise phys-bits= in --memory (this host's KVM allows up to 46 bits)"));
+        let host = TooLarge::new("0000:41:00.0", 1, 128 * GIB, 4 * GIB, 39, 39);
+        assert!(host
+            .fix
+            .starts_with("this host's KVM gives guests at most 39 bits"));
+        let e = Error::BarTooLarge(host).to_string();
+        assert!(!e.contains('\n') && e.contains("; this host's KVM"), "{e}");
+    }
+
+    #[test]
+    fn romfiles_are_read_or_refused() {
+        let dir = std::env::temp_dir().join(format!("vmm-romfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.rom");
+        std::fs::write(&empty, b"").unwrap();
+        let good = dir.join("good.rom");
+        std::fs::write(&good, [0x55, 0xaa, 1]).unwrap();
+        assert_eq!(read_romfile(&good), Ok(vec![0x55, 0xaa, 1]));
+        assert_eq!(read_romfile(&empty), Err("is empty".into()));
+        assert_eq!(read_romfile(&dir), Err("is a directory".into()));
+        let missing = read_romfile(&dir.join("missing.rom")).unwrap_err();
+        assert!(
+            missing.starts_with("cannot read it: No such file"),
+            "{missing}"
+        );
+        let cfgs: Vec<DeviceConfig> = [
+            "vfio-pci,host=00:12.0".to_string(),
+            "vfio-pci,host=00:13.0,rombar=off".to_string(),
+            format!("vfio-pci,host=00:14.0,romfile={}", good.display()),
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(
+            read_romfiles(&cfgs).unwrap(),
+            vec![
+                RomSource::Device,
+                RomSource::Hidden,
+                RomSource::Image(vec![0x55, 0xaa, 1])
+            ]
+        );
+        let bad: DeviceConfig = format!("vfio-pci,host=00:12.0,romfile={}", empty.display())
+            .parse()
+            .unwrap();
+        let e = read_romfiles(&[bad]).unwrap_err().to_string();
+        assert!(
+            e.contains("of --device 0000:00:12.0: is empty; give a readable ROM image"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
