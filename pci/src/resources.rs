@@ -178,18 +178,44 @@ impl PciResources {
     /// A naturally aligned range for a BAR: I/O BARs from the I/O window, 64-bit BARs from
     /// the 64-bit window, 32-bit and ROM BARs from the 32-bit window.
     pub fn allocate(&mut self, kind: BarKind, size: u64) -> Result<u64, Error> {
-        let pool = match kind {
-            BarKind::Io => Some(&mut self.io),
-            BarKind::Mem64 { .. } => self.mmio64.as_mut(),
-            BarKind::Mem32 { .. } | BarKind::Rom => Some(&mut self.mmio32),
-        };
-        let Some(pool) = pool else {
+        let Some(pool) = self.pool(kind) else {
             let source = vm_allocator::Error::ResourceNotAvailable;
             return Err(Error::Allocate { kind, size, source });
         };
         pool.allocate(size, size, AllocPolicy::FirstMatch)
             .map(|range| range.start())
             .map_err(|source| Error::Allocate { kind, size, source })
+    }
+
+    /// Marks `[addr, addr + size)` of the window of `kind` as used (a BAR placed elsewhere,
+    /// e.g. by [`plan_mmio64`]).
+    pub fn reserve(&mut self, kind: BarKind, addr: u64, size: u64) -> Result<(), Error> {
+        let pool = self.pool(kind).ok_or(Error::Allocate {
+            kind,
+            size,
+            source: vm_allocator::Error::ResourceNotAvailable,
+        })?;
+        pool.allocate(size.max(1), 1, AllocPolicy::ExactMatch(addr))
+            .map(|_| ())
+            .map_err(|source| Error::Allocate { kind, size, source })
+    }
+
+    /// Gives back the range a BAR of `kind` had at `addr` (a device that left the bus).
+    pub fn free(&mut self, kind: BarKind, addr: u64, size: u64) {
+        if let (Some(pool), Ok(range)) = (
+            self.pool(kind),
+            vm_allocator::RangeInclusive::new(addr, addr + size.max(1) - 1),
+        ) {
+            let _ = pool.free(&range);
+        }
+    }
+
+    fn pool(&mut self, kind: BarKind) -> Option<&mut AddressAllocator> {
+        match kind {
+            BarKind::Io => Some(&mut self.io),
+            BarKind::Mem64 { .. } => self.mmio64.as_mut(),
+            BarKind::Mem32 { .. } | BarKind::Rom => Some(&mut self.mmio32),
+        }
     }
 
     /// Allocates and sets the address of every BAR in `bars` still at 0, largest first.
@@ -208,6 +234,24 @@ impl PciResources {
 mod tests {
     use super::*;
     use crate::bar::Bar;
+
+    #[test]
+    fn reserved_ranges_are_skipped_and_freed_ranges_reused() {
+        let windows = PciWindows::with_mmio64(PciWindow {
+            start: 4 << 30,
+            size: 64 << 30,
+        });
+        let mut res = PciResources::new(windows).unwrap();
+        res.reserve(MEM64, 8 << 30, 8 << 30).unwrap();
+        assert!(res.reserve(MEM64, 8 << 30, 8 << 30).is_err(), "taken");
+        let a = res.allocate(MEM64, 8 << 30).unwrap();
+        assert_eq!(a, 16 << 30, "past the reserved BAR");
+        res.free(MEM64, 8 << 30, 8 << 30);
+        assert_eq!(res.allocate(MEM64, 8 << 30).unwrap(), 8 << 30, "reused");
+        let b = res.allocate(MEM32, 0x1000).unwrap();
+        res.free(MEM32, b, 0x1000);
+        assert_eq!(res.allocate(MEM32, 0x1000).unwrap(), b);
+    }
 
     const MEM32: BarKind = BarKind::Mem32 {
         prefetchable: false,

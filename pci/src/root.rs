@@ -65,10 +65,10 @@ impl ConfigAddress {
     }
 }
 
-/// Bus 0: the host bridge in slot 0, then devices in the order added. Single-function
-/// devices only: function 1-7 and other buses read as absent.
+/// Bus 0: the host bridge in slot 0, then devices in the first free slots. Single-function
+/// devices only: function 1-7, empty slots and other buses read as absent.
 pub struct PciRoot {
-    slots: Vec<Arc<Mutex<dyn PciDevice>>>,
+    slots: Vec<Option<Arc<Mutex<dyn PciDevice>>>>,
     moves: Vec<(u8, BarReprogram)>,
 }
 
@@ -81,31 +81,61 @@ impl Default for PciRoot {
 impl PciRoot {
     /// Bus 0 with only the host bridge.
     pub fn new() -> Self {
+        let mut slots: Vec<Option<Arc<Mutex<dyn PciDevice>>>> = vec![None; MAX_SLOTS];
+        slots[0] = Some(Arc::new(Mutex::new(PciConfig::host_bridge())));
         Self {
-            slots: vec![Arc::new(Mutex::new(PciConfig::host_bridge()))],
+            slots,
             moves: Vec::new(),
         }
     }
 
-    /// Puts `device` in the next free slot (1, 2, ...) and returns the slot.
+    /// Puts `device` in the lowest free slot (1, 2, ...) and returns the slot.
     pub fn add_device(&mut self, device: Arc<Mutex<dyn PciDevice>>) -> Result<u8, Error> {
-        if self.slots.len() >= MAX_SLOTS {
-            return Err(Error::NoFreeSlot);
+        let slot = self.free_slot().ok_or(Error::NoFreeSlot)?;
+        self.slots[usize::from(slot)] = Some(device);
+        Ok(slot)
+    }
+
+    /// The lowest free slot, if any.
+    pub fn free_slot(&self) -> Option<u8> {
+        self.slots.iter().position(Option::is_none).map(|s| s as u8)
+    }
+
+    /// Puts `device` in `slot`, which must be free (see [`PciRoot::free_slot`]).
+    pub fn add_device_at(
+        &mut self,
+        slot: u8,
+        device: Arc<Mutex<dyn PciDevice>>,
+    ) -> Result<(), Error> {
+        match self.slots.get_mut(usize::from(slot)) {
+            Some(free @ None) => {
+                *free = Some(device);
+                Ok(())
+            }
+            _ => Err(Error::NoFreeSlot),
         }
-        self.slots.push(device);
-        Ok((self.slots.len() - 1) as u8)
+    }
+
+    /// Takes the device out of `slot` (never the host bridge); the slot reads as absent.
+    /// BAR moves it queued and nobody took are dropped with it.
+    pub fn remove_device(&mut self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
+        if slot == 0 {
+            return None;
+        }
+        self.moves.retain(|(s, _)| *s != slot);
+        self.slots.get_mut(usize::from(slot))?.take()
     }
 
     /// The device in `slot` (0 is the host bridge).
     pub fn device(&self, slot: u8) -> Option<Arc<Mutex<dyn PciDevice>>> {
-        self.slots.get(usize::from(slot)).cloned()
+        self.slots.get(usize::from(slot)).cloned().flatten()
     }
 
     fn lookup(&self, addr: ConfigAddress) -> Option<&Arc<Mutex<dyn PciDevice>>> {
         if addr.bus != 0 || addr.function != 0 || addr.reg_idx >= MAX_REG_IDX {
             return None;
         }
-        self.slots.get(usize::from(addr.device))
+        self.slots.get(usize::from(addr.device))?.as_ref()
     }
 
     /// A config dword; all ones for absent devices.
@@ -314,8 +344,20 @@ mod tests {
             assert_eq!(root.add_device(dev), Ok(slot as u8));
         }
         let dev = Arc::new(Mutex::new(PciConfig::new(1, 2, 0, false)));
-        assert_eq!(root.add_device(dev), Err(Error::NoFreeSlot));
+        assert_eq!(root.add_device(dev.clone()), Err(Error::NoFreeSlot));
         assert!(root.device(31).is_some() && root.device(32).is_none());
+        // A removed slot reads as absent and is the next one filled.
+        assert!(root.remove_device(7).is_some());
+        assert!(root.remove_device(7).is_none());
+        assert!(root.remove_device(0).is_none(), "the host bridge stays");
+        let absent = ConfigAddress {
+            bus: 0,
+            device: 7,
+            function: 0,
+            reg_idx: 0,
+        };
+        assert_eq!(root.config_read(absent), u32::MAX);
+        assert_eq!(root.add_device(dev), Ok(7));
     }
 
     #[test]

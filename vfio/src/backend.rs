@@ -1,12 +1,15 @@
-//! The seam between the PCI device model and the kernel's VFIO device: region info, region
-//! read/write and interrupt counts, by VFIO region and IRQ index.
+//! The seam between the VMM and the kernel's VFIO device. [`VfioBackend`] is what the PCI
+//! device model needs (region info, region read/write, interrupt counts); [`DeviceOps`] adds
+//! what the VMM's wiring needs (interrupt eventfds, mmap of regions, reset), so nothing past
+//! this seam sees a vfio-ioctls type.
 //!
-//! This module owns the [`VfioBackend`] trait and [`FakeBackend`], an in-memory device for
-//! tests (of this crate and of the VMM). It must not open files, issue ioctls or mmap: the
-//! kernel-facing implementation lives with the code that opens the VFIO container and group.
+//! This module owns the traits and [`FakeBackend`], an in-memory device for tests (of this
+//! crate and of the VMM). It must not open files, issue ioctls or mmap device memory: the
+//! kernel-facing implementation is [`crate::host::HostDevice`].
 
 use std::cell::RefCell;
 use std::io;
+use vmm_sys_util::eventfd::EventFd;
 
 /// VFIO region index of the expansion ROM (`VFIO_PCI_ROM_REGION_INDEX`); BARs are regions 0-5.
 pub const ROM_REGION: u32 = 6;
@@ -46,6 +49,118 @@ pub trait VfioBackend: Send {
     fn irq_count(&self, index: u32) -> u32;
 }
 
+impl<T: VfioBackend + ?Sized> VfioBackend for Box<T> {
+    fn region(&self, index: u32) -> Option<RegionInfo> {
+        (**self).region(index)
+    }
+    fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        (**self).read(index, offset, data)
+    }
+    fn write(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        (**self).write(index, offset, data)
+    }
+    fn irq_count(&self, index: u32) -> u32 {
+        (**self).irq_count(index)
+    }
+}
+
+/// Host memory a device region is mapped into (a BAR's mmap, a ROM's copy): what a KVM
+/// memory slot or a DMA mapping points at. It stays mapped until dropped.
+pub trait HostMemory: Send {
+    /// Host address.
+    fn addr(&self) -> u64;
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Never true: empty mappings are not made.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A VFIO device as the VMM's wiring uses it: region I/O plus interrupts, mmap and reset.
+pub trait DeviceOps: VfioBackend {
+    /// The device's name (PCI address or mdev UUID).
+    fn name(&self) -> &str;
+    /// Its IOMMU group.
+    fn group(&self) -> u32;
+    /// Triggers the eventfds `fds` for the vectors of IRQ index `index` (enables them).
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> io::Result<()>;
+    /// Turns IRQ index `index` off.
+    fn disable_irq(&self, index: u32) -> io::Result<()>;
+    /// Unmasks IRQ index `index` (INTx) when `fd` is signalled (KVM's resample on EOI).
+    fn set_irq_resample(&self, index: u32, fd: &EventFd) -> io::Result<()>;
+    /// Maps `len` bytes at `offset` of region `index` into the VMM's address space.
+    fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<Box<dyn HostMemory>>;
+    /// Whether the device has a reset method.
+    fn can_reset(&self) -> bool;
+    /// Resets the device; false when it has no reset method or the reset failed.
+    fn reset(&self) -> bool;
+    /// Closes the device. `last_of_group`: no other device of its IOMMU group stays open, so
+    /// the group may leave the container; otherwise the group must stay for the others.
+    fn release(self: Box<Self>, last_of_group: bool);
+}
+
+impl<T: DeviceOps + ?Sized> DeviceOps for Box<T> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn group(&self) -> u32 {
+        (**self).group()
+    }
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> io::Result<()> {
+        (**self).enable_irq(index, fds)
+    }
+    fn disable_irq(&self, index: u32) -> io::Result<()> {
+        (**self).disable_irq(index)
+    }
+    fn set_irq_resample(&self, index: u32, fd: &EventFd) -> io::Result<()> {
+        (**self).set_irq_resample(index, fd)
+    }
+    fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<Box<dyn HostMemory>> {
+        (**self).mmap(index, offset, len)
+    }
+    fn can_reset(&self) -> bool {
+        (**self).can_reset()
+    }
+    fn reset(&self) -> bool {
+        (**self).reset()
+    }
+    fn release(self: Box<Self>, last_of_group: bool) {
+        (*self).release(last_of_group)
+    }
+}
+
+/// What a [`FakeBackend`] was asked about interrupts and resets, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FakeCall {
+    /// `enable_irq(index)` with this many eventfds.
+    EnableIrq(u32, usize),
+    /// `disable_irq(index)`.
+    DisableIrq(u32),
+    /// `set_irq_resample(index)`.
+    Resample(u32),
+    /// `reset()`.
+    Reset,
+    /// `release(last_of_group)`.
+    Release(bool),
+}
+
+/// Stands in for a mapped region in tests: a distinct address and a length; nothing reads or
+/// writes through it (tests hand it only to fakes), so only a page is allocated.
+struct FakeMemory {
+    page: Vec<u8>,
+    len: u64,
+}
+
+impl HostMemory for FakeMemory {
+    fn addr(&self) -> u64 {
+        self.page.as_ptr() as u64
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 /// One region of a [`FakeBackend`]: its info and contents.
 #[derive(Clone, Debug, Default)]
 struct FakeRegion {
@@ -64,6 +179,10 @@ pub struct FakeBackend {
     writes: RefCell<Vec<(u32, u64, Vec<u8>)>>,
     irqs: [u32; 3],
     unreadable: RefCell<Vec<u32>>,
+    name: String,
+    group: u32,
+    resettable: bool,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<FakeCall>>>,
 }
 
 impl FakeBackend {
@@ -116,6 +235,23 @@ impl FakeBackend {
         if let Some(n) = self.irqs.get_mut(index as usize) {
             *n = count;
         }
+    }
+
+    /// Names the fake and puts it in IOMMU group `group`; `resettable` gives it a reset
+    /// method.
+    pub fn identify(&mut self, name: &str, group: u32, resettable: bool) {
+        self.name = name.to_string();
+        self.group = group;
+        self.resettable = resettable;
+    }
+
+    /// The record of interrupt and reset calls, shared (it outlives the fake).
+    pub fn calls(&self) -> std::sync::Arc<std::sync::Mutex<Vec<FakeCall>>> {
+        self.calls.clone()
+    }
+
+    fn call(&self, c: FakeCall) {
+        self.calls.lock().unwrap_or_else(|e| e.into_inner()).push(c);
     }
 
     /// Every write so far as (region, offset, bytes), oldest first; clears the record.
@@ -187,6 +323,44 @@ impl VfioBackend for FakeBackend {
 
     fn irq_count(&self, index: u32) -> u32 {
         self.irqs.get(index as usize).copied().unwrap_or(0)
+    }
+}
+
+impl DeviceOps for FakeBackend {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn group(&self) -> u32 {
+        self.group
+    }
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> io::Result<()> {
+        self.call(FakeCall::EnableIrq(index, fds.len()));
+        Ok(())
+    }
+    fn disable_irq(&self, index: u32) -> io::Result<()> {
+        self.call(FakeCall::DisableIrq(index));
+        Ok(())
+    }
+    fn set_irq_resample(&self, index: u32, _fd: &EventFd) -> io::Result<()> {
+        self.call(FakeCall::Resample(index));
+        Ok(())
+    }
+    fn mmap(&self, index: u32, offset: u64, len: u64) -> io::Result<Box<dyn HostMemory>> {
+        self.check(index, offset, len as usize)?;
+        Ok(Box::new(FakeMemory {
+            page: vec![0; 4096],
+            len,
+        }))
+    }
+    fn can_reset(&self) -> bool {
+        self.resettable
+    }
+    fn reset(&self) -> bool {
+        self.call(FakeCall::Reset);
+        self.resettable
+    }
+    fn release(self: Box<Self>, last_of_group: bool) {
+        self.call(FakeCall::Release(last_of_group));
     }
 }
 

@@ -99,6 +99,17 @@ pub enum InterruptChange {
     MsixEntry(u16),
 }
 
+/// What probing a device's config space found.
+struct Probed {
+    config_size: u64,
+    command: u16,
+    bars: BarSet,
+    msi: Option<Msi>,
+    msix: Option<Msix>,
+    rom: Option<Vec<u8>>,
+    rom_problem: Option<String>,
+}
+
 /// A passed-through PCI device: the config space and BAR model over a [`VfioBackend`].
 pub struct VfioPciDevice<B: VfioBackend> {
     backend: B,
@@ -125,22 +136,58 @@ impl<B: VfioBackend> VfioPciDevice<B> {
     /// [`VfioPciDevice::bar_set_mut`]), decode enables as the device's command register has
     /// them, MSI and MSI-X disabled, interrupt line 0, the expansion ROM from `rom`.
     pub fn with_rom(backend: B, rom: RomSource) -> Result<Self, Error> {
+        Self::try_with_rom(backend, rom).map_err(|(e, _)| e)
+    }
+
+    /// [`VfioPciDevice::with_rom`], handing the backend back when the device cannot be
+    /// modelled (so that its owner can close it properly).
+    pub fn try_with_rom(backend: B, rom: RomSource) -> Result<Self, (Error, B)> {
+        match Self::probe(&backend, rom) {
+            Ok(parts) => Ok(Self::from_parts(backend, parts)),
+            Err(e) => Err((e, backend)),
+        }
+    }
+
+    /// What the device's config space says: its size, command register, BARs, ROM, MSI and
+    /// MSI-X.
+    fn probe(backend: &B, rom: RomSource) -> Result<Probed, Error> {
         let config = backend.region(CONFIG_REGION).ok_or(Error::NoConfigRegion)?;
-        let command = read_config_dword(&backend, 0x4) as u16;
-        let mut bars = probe_bars(&backend)?;
-        let (rom, rom_problem) = load_rom(&backend, &mut bars, rom)?;
-        let msi = find_capability(&backend, CAP_ID_MSI)
-            .map(|offset| Msi::new(offset, read_config_dword(&backend, offset)));
-        let msix = match find_capability(&backend, CAP_ID_MSIX) {
+        let command = read_config_dword(backend, 0x4) as u16;
+        let mut bars = probe_bars(backend)?;
+        let (rom, rom_problem) = load_rom(backend, &mut bars, rom)?;
+        let msi = find_capability(backend, CAP_ID_MSI)
+            .map(|offset| Msi::new(offset, read_config_dword(backend, offset)));
+        let msix = match find_capability(backend, CAP_ID_MSIX) {
             Some(offset) => {
-                let dword = |i: u64| read_config_dword(&backend, offset + 4 * i);
+                let dword = |i: u64| read_config_dword(backend, offset + 4 * i);
                 Some(Msix::new(offset, [dword(0), dword(1), dword(2)])?)
             }
             None => None,
         };
-        Ok(Self {
-            backend,
+        Ok(Probed {
             config_size: config.size,
+            command,
+            bars,
+            msi,
+            msix,
+            rom,
+            rom_problem,
+        })
+    }
+
+    fn from_parts(backend: B, p: Probed) -> Self {
+        let Probed {
+            config_size,
+            command,
+            bars,
+            msi,
+            msix,
+            rom,
+            rom_problem,
+        } = p;
+        Self {
+            backend,
+            config_size,
             bars,
             decode: Decode::from_command(command),
             interrupt_line: 0,
@@ -149,7 +196,7 @@ impl<B: VfioBackend> VfioPciDevice<B> {
             changes: Vec::new(),
             rom,
             rom_problem,
-        })
+        }
     }
 
     /// The expansion ROM's contents, as long as its BAR; `None` without a ROM.
@@ -160,6 +207,11 @@ impl<B: VfioBackend> VfioPciDevice<B> {
     /// Why the device's own ROM could not be read, when it could not (the guest sees none).
     pub fn rom_problem(&self) -> Option<&str> {
         self.rom_problem.as_deref()
+    }
+
+    /// The backend, the model done with (a device leaving the guest).
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     /// The backend (the kernel device, or a fake in tests).

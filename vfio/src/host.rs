@@ -18,6 +18,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE, VFIO_TYPE,
 };
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioError, VfioOps, VfioRegionInfoCap};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ref;
 use vmm_sys_util::{ioctl::ioctl, ioctl_io_nr};
 
@@ -248,10 +249,77 @@ impl HostDevice {
     pub fn irq_count(&self, index: u32) -> u32 {
         self.device.get_irq_info(index).map_or(0, |i| i.count)
     }
+}
 
-    /// The vfio-ioctls device, for interrupt setup.
-    pub fn vfio(&self) -> &VfioDevice {
-        &self.device
+impl crate::backend::DeviceOps for HostDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn group(&self) -> u32 {
+        self.group
+    }
+
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()> {
+        self.device
+            .enable_irq(index, fds.to_vec())
+            .map_err(|e| std::io::Error::other(dma_text(&e)))
+    }
+
+    fn disable_irq(&self, index: u32) -> std::io::Result<()> {
+        self.device
+            .disable_irq(index)
+            .map_err(|e| std::io::Error::other(dma_text(&e)))
+    }
+
+    fn set_irq_resample(&self, index: u32, fd: &EventFd) -> std::io::Result<()> {
+        self.device
+            .set_irq_resample_fd(index, vec![fd])
+            .map_err(|e| std::io::Error::other(dma_text(&e)))
+    }
+
+    fn mmap(
+        &self,
+        index: u32,
+        offset: u64,
+        len: u64,
+    ) -> std::io::Result<Box<dyn crate::backend::HostMemory>> {
+        Ok(Box::new(HostDevice::mmap(self, index, offset, len)?))
+    }
+
+    fn can_reset(&self) -> bool {
+        HostDevice::can_reset(self)
+    }
+
+    fn reset(&self) -> bool {
+        HostDevice::reset(self)
+    }
+
+    /// The last device of its group is dropped: vfio-ioctls then takes the group out of the
+    /// KVM-VFIO device and the container (the container's IOMMU, and every DMA mapping in it,
+    /// goes with its last group). Any other device only closes its file: vfio-ioctls would
+    /// detach the whole group on any device's drop, under the feet of the group's other
+    /// devices, so this one is forgotten instead (a few bytes stay allocated).
+    fn release(self: Box<Self>, last_of_group: bool) {
+        if last_of_group {
+            drop(self);
+            return;
+        }
+        let fd = self.device.as_raw_fd();
+        // SAFETY: `fd` is this device's VFIO file, owned by `self.device`; it is closed once
+        // here and the device is forgotten, so nothing closes or uses it again.
+        unsafe { libc::close(fd) };
+        std::mem::forget(self);
+    }
+}
+
+impl crate::backend::HostMemory for MmapArea {
+    fn addr(&self) -> u64 {
+        MmapArea::addr(self) as u64
+    }
+
+    fn len(&self) -> u64 {
+        MmapArea::len(self) as u64
     }
 }
 
@@ -415,6 +483,8 @@ fn dma_text(e: &VfioError) -> String {
 pub struct VfioHost {
     container: Arc<VfioContainer>,
     sysfs: Sysfs,
+    /// Devices open per IOMMU group.
+    open: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
 }
 
 impl VfioHost {
@@ -429,7 +499,34 @@ impl VfioHost {
         Ok(Self {
             container: Arc::new(container),
             sysfs,
+            open: Default::default(),
         })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u32, usize>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes `dev`; its group leaves the container with its last open device.
+    pub fn release(&self, dev: Box<dyn crate::backend::DeviceOps>) {
+        let group = dev.group();
+        let last = {
+            let mut counts = self.counts();
+            let n = counts.entry(group).or_insert(1);
+            *n -= 1;
+            let last = *n == 0;
+            if last {
+                counts.remove(&group);
+            }
+            last
+        };
+        dev.release(last);
+    }
+
+    /// Whether no device is open: the container then has no group and no IOMMU, and guest
+    /// RAM must be mapped again for the next device.
+    pub fn is_empty(&self) -> bool {
+        self.counts().is_empty()
     }
 
     /// Checks `dev` (see [`check_usable`]), then opens it; its group joins the container
@@ -440,6 +537,7 @@ impl VfioHost {
         let device =
             VfioDevice::new(&dev.path, ops, false).map_err(|e| open_error(e, group, dev))?;
         let flags = device_flags(&device);
+        *self.counts().entry(group).or_insert(0) += 1;
         Ok(HostDevice {
             device,
             name: dev.name.clone(),

@@ -18,7 +18,10 @@ pub mod msi;
 pub mod msix;
 pub mod sysfs;
 
-pub use backend::{FakeBackend, RegionInfo, VfioBackend, CONFIG_REGION, ROM_REGION};
+pub use backend::{
+    DeviceOps, FakeBackend, FakeCall, HostMemory, RegionInfo, VfioBackend, CONFIG_REGION,
+    ROM_REGION,
+};
 pub use bars::{Segment, SegmentKind, PAGE_SIZE};
 pub use device::{Error, InterruptChange, RomSource, VfioPciDevice};
 pub use msi::MsiState;

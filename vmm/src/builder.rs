@@ -185,6 +185,10 @@ pub struct Vm {
     pub exits: Arc<crate::stats::ExitCounts>,
     /// The ACPI Generic Event Device (power button, PCI slot events).
     pub ged: Arc<Mutex<Ged>>,
+    /// ACPI PCI hotplug, with `--api-socket`.
+    pub hotplug: Option<crate::hotplug::Hotplug>,
+    /// The `managed=on` devices moved to vfio-pci for the run.
+    pub bindings: Arc<crate::managed::Bindings>,
 }
 
 /// Opens and judges what the guest boots, and checks `--memory` against the host, before
@@ -196,7 +200,11 @@ pub fn prepare(cfg: &VmConfig) -> Result<BootImages, Error> {
 }
 
 /// Builds the VM described by `cfg`, booting `images` (from [`prepare`]).
-pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
+pub fn build(
+    cfg: &VmConfig,
+    images: BootImages,
+    bindings: Arc<crate::managed::Bindings>,
+) -> Result<Vm, Error> {
     let kvm = open_kvm()?;
     let max = kvm.get_max_vcpus();
     if usize::from(cfg.cpus) > max {
@@ -222,6 +230,10 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
 
     let mmio = Arc::new(Bus::new());
     let ged = attach_ged(&vm, &mmio)?;
+    let hotplug = match cfg.api_socket {
+        Some(_) => Some(attach_hotplug(&mmio)?),
+        None => None,
+    };
     let setup = crate::passthrough::Setup {
         vm: &vm,
         memory: &memory,
@@ -229,6 +241,7 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
         phys_bits,
         kvm_phys_bits: arch::cpuid::phys_bits(&cpuid.supported),
         seccomp: cfg.seccomp,
+        hotplug: cfg.api_socket.is_some(),
         pio: &pio,
         mmio: &mmio,
     };
@@ -267,7 +280,23 @@ pub fn build(cfg: &VmConfig, images: BootImages) -> Result<Vm, Error> {
         mmio,
         exits,
         ged,
+        hotplug,
+        bindings,
     })
+}
+
+/// The ACPI PCI hotplug registers (`--api-socket` only: devices come and go through it).
+fn attach_hotplug(mmio: &Bus) -> Result<crate::hotplug::Hotplug, Error> {
+    let eject = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("hotplug eventfd"))?;
+    let signal = eject.try_clone().map_err(os_err("hotplug eventfd"))?;
+    let regs = Arc::new(Mutex::new(pci::hotplug::HotplugRegs::new(signal)));
+    mmio.insert_named(
+        "pci-hotplug",
+        regs.clone(),
+        PCI_HOTPLUG_START,
+        pci::hotplug::HOTPLUG_SIZE,
+    )?;
+    Ok(crate::hotplug::Hotplug::new(regs, eject))
 }
 
 /// The ACPI Generic Event Device: the power button (and PCI slot events), its interrupt
@@ -290,11 +319,17 @@ fn write_acpi_tables(
     use arch::acpi::{AcpiConfig, AcpiTables, OEM_ID, OEM_REVISION};
     let mut tables = AcpiTables::new(&AcpiConfig { num_cpus: cfg.cpus })?;
     tables.add_dsdt_aml(&pci::dsdt_aml(windows));
+    let pci_hotplug = cfg.api_socket.is_some();
     tables.add_dsdt_aml(&GedAml {
         base: GED_START,
         gsi: GED_GSI,
-        pci_hotplug: false,
+        pci_hotplug,
     });
+    if pci_hotplug {
+        tables.add_dsdt_aml(&pci::hotplug::HotplugAml {
+            base: PCI_HOTPLUG_START,
+        });
+    }
     tables.add_table(&pci::mcfg(OEM_ID, OEM_REVISION))?;
     tables.write_to_guest(memory)?;
     Ok(())

@@ -5,6 +5,7 @@
 //! It never reads a socket: [`crate::api`] turns requests into [`Action`]s and answers with
 //! the [`Reply`] this returns.
 
+use crate::api::server::Pending;
 use crate::api::{Action, Reply};
 use crate::builder::Vm;
 use crate::config::VmConfig;
@@ -60,8 +61,20 @@ struct Info {
     devices: Vec<crate::passthrough::DeviceInfo>,
 }
 
-/// Runs `action` on the VM and says how it went.
-pub fn handle(action: Action, t: &mut Target) -> Reply {
+/// Runs the action of `pending` on the VM and answers it (a hot-remove answers later, once
+/// the guest let go of the device).
+pub fn handle(pending: Pending, t: &mut Target) {
+    match pending.action.clone() {
+        Action::RemoveDevice(id) => t.vm.hot_remove(&id, pending),
+        action => {
+            let reply = handle_now(action, t);
+            pending.answer(reply);
+        }
+    }
+}
+
+/// Runs an action that is answered at once.
+fn handle_now(action: Action, t: &mut Target) -> Reply {
     match action {
         Action::Ping => Reply::ok(Ping {
             build_version: env!("CARGO_PKG_VERSION"),
@@ -78,7 +91,10 @@ pub fn handle(action: Action, t: &mut Target) -> Reply {
         Action::Pause => pause(t),
         Action::Resume => resume(t),
         Action::AddDevice(cfg) => t.vm.hot_add(&cfg),
-        Action::RemoveDevice(id) => t.vm.hot_remove(&id),
+        Action::RemoveDevice(id) => Reply::error(
+            500,
+            &Advice::bug(format!("remove-device {id} was not handed to hotplug")),
+        ),
     }
 }
 

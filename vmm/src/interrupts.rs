@@ -2,11 +2,11 @@
 //! by default) plus one MSI route per allocated GSI from 24 up. KVM_SET_GSI_ROUTING replaces
 //! the whole table, so every change rewrites it from this model.
 
+use crate::vm_ops::VmOps;
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_IRQ_ROUTES,
+    kvm_irq_routing_entry, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_IRQ_ROUTES,
 };
-use kvm_ioctls::VmFd;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +21,7 @@ pub enum Error {
     /// All GSIs are in use.
     NoGsi,
     /// KVM refused the table.
-    Kvm(kvm_ioctls::Error),
+    Kvm(std::io::Error),
 }
 
 impl diag::Explain for Error {
@@ -59,13 +59,13 @@ struct Table {
 
 /// Owns GSIs >= 24 and the routing table.
 pub struct IrqRouter {
-    vm: Arc<VmFd>,
+    vm: Arc<dyn VmOps>,
     table: Mutex<Table>,
 }
 
 impl IrqRouter {
     /// A router with only the irqchip routes.
-    pub fn new(vm: Arc<VmFd>) -> Self {
+    pub fn new(vm: Arc<dyn VmOps>) -> Self {
         Self {
             vm,
             table: Mutex::new(Table {
@@ -117,8 +117,7 @@ impl IrqRouter {
 
     fn commit(&self, t: &Table) -> Result<(), Error> {
         let entries = routing_entries(&t.msi);
-        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| Error::NoGsi)?;
-        self.vm.set_gsi_routing(&routing).map_err(Error::Kvm)
+        self.vm.set_gsi_routing(&entries).map_err(Error::Kvm)
     }
 }
 

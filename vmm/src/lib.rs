@@ -25,6 +25,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod stats;
 pub mod vcpu;
+pub mod vm_ops;
 
 use config::VmConfig;
 use devices::{ExitReason, GuestExit};
@@ -122,7 +123,8 @@ impl MutEventSubscriber for ExitWatch {
     }
 }
 
-/// Wakes the loop when the API thread has an action waiting (the loop then takes them).
+/// Wakes the loop when the API thread has an action waiting or the guest ejected a slot
+/// (the loop then reads the eventfd when it takes them).
 struct ApiWake(vmm_sys_util::eventfd::EventFd);
 
 impl MutEventSubscriber for ApiWake {
@@ -170,11 +172,12 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason, Error> {
     // The kernel and initramfs are judged before any device moves.
     let images = builder::prepare(cfg)?;
     passthrough::check_distinct(&cfg.devices)?;
-    let bindings = managed::bind(&cfg.devices)?;
-    let result = run_vm(cfg, images);
+    let bindings = Arc::new(managed::Bindings::new(managed::bind(&cfg.devices)?));
+    let result = run_vm(cfg, images, bindings.clone());
     // A vCPU thread that would not stop still holds the VM and its devices: then dropping
     // the bindings says which devices stay on vfio-pci and how to rebind them, since
     // vfio-pci's unbind would wait forever for files this process holds.
+    let bindings = bindings.take();
     if bindings.is_empty() || !vm_files_open() {
         managed::restore(bindings);
     }
@@ -199,8 +202,12 @@ fn vm_files_open() -> bool {
 }
 
 /// Builds, runs and tears down the guest.
-fn run_vm(cfg: &VmConfig, images: images::BootImages) -> Result<ExitReason, Error> {
-    let mut vm = builder::build(cfg, images)?;
+fn run_vm(
+    cfg: &VmConfig,
+    images: images::BootImages,
+    bindings: Arc<managed::Bindings>,
+) -> Result<ExitReason, Error> {
+    let mut vm = builder::build(cfg, images, bindings)?;
     // The API thread starts before the main thread's seccomp filter (which forbids starting
     // threads); it installs its own.
     let api = match &cfg.api_socket {
@@ -258,6 +265,10 @@ fn event_loop(
         let wake = api.eventfd().try_clone().map_err(os_err("watch the API"))?;
         events.add_subscriber(Box::new(ApiWake(wake)));
     }
+    if let Some(hotplug) = &vm.hotplug {
+        let eject = hotplug.eject.try_clone().map_err(os_err("watch hotplug"))?;
+        events.add_subscriber(Box::new(ApiWake(eject)));
+    }
     if let Some(secs) = cfg.timeout {
         let timer_err = |e: vmm_sys_util::errno::Error| Error::Os {
             what: "set up the --timeout timer",
@@ -289,13 +300,19 @@ fn wait_for_exit(
         if let Some(reason) = vm.exit.reason() {
             return reason;
         }
-        if let Err(e) = events.run() {
+        // A hot-remove waiting for the guest has a deadline; otherwise wait for an event.
+        let wait = vm
+            .hotplug
+            .as_ref()
+            .and_then(|h| h.next_deadline())
+            .map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
+        if let Err(e) = events.run_with_timeout(wait) {
             log::warn!("event loop: {e:?}");
         }
         for pending in api.map(|a| a.take()).unwrap_or_default() {
             let mut target = control::Target { vm, running, cfg };
-            let reply = control::handle(pending.action.clone(), &mut target);
-            pending.answer(reply);
+            control::handle(pending, &mut target);
         }
+        vm.poll_hotplug();
     }
 }

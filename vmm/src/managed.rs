@@ -52,3 +52,41 @@ pub fn restore(bindings: Vec<Binding>) {
         }
     }
 }
+
+/// The `managed=on` devices of a run, shared by the run (which binds the boot devices and
+/// puts back what is left at the end) and hotplug (which binds a device it adds and puts it
+/// back when it is removed).
+#[derive(Default)]
+pub struct Bindings(std::sync::Mutex<Vec<Binding>>);
+
+impl Bindings {
+    /// Bindings made before the VM was built.
+    pub fn new(bindings: Vec<Binding>) -> Self {
+        Self(std::sync::Mutex::new(bindings))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Binding>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `b` until its device leaves.
+    pub fn add(&self, b: Binding) {
+        self.lock().push(b);
+    }
+
+    /// Puts device `name` back on its driver, if it was bound here (its VFIO files must be
+    /// closed).
+    pub fn restore(&self, name: &str) {
+        let mut all = self.lock();
+        if let Some(i) = all.iter().position(|b| b.device() == name) {
+            let b = all.remove(i);
+            drop(all);
+            restore(vec![b]);
+        }
+    }
+
+    /// Every binding left, for the end of the run.
+    pub fn take(&self) -> Vec<Binding> {
+        std::mem::take(&mut self.lock())
+    }
+}

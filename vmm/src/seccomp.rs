@@ -44,7 +44,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE};
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 /// Exit status after a forbidden syscall: 128 + SIGSYS, as a shell reports a SIGSYS death.
 pub const STATUS_SECCOMP: i32 = 128 + libc::SIGSYS;
@@ -132,6 +132,12 @@ ioctl_iow_nr!(
     kvm_bindings::kvm_irq_routing
 );
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_bindings::kvm_irqfd);
+ioctl_iowr_nr!(
+    KVM_CREATE_DEVICE,
+    KVMIO,
+    0xe0,
+    kvm_bindings::kvm_create_device
+);
 ioctl_iow_nr!(
     KVM_SET_DEVICE_ATTR,
     KVMIO,
@@ -143,8 +149,11 @@ ioctl_iow_nr!(
 const VFIO: u32 = VFIO_TYPE as u32;
 ioctl_io_nr!(VFIO_GET_API_VERSION, VFIO, VFIO_BASE);
 ioctl_io_nr!(VFIO_CHECK_EXTENSION, VFIO, VFIO_BASE + 1);
+ioctl_io_nr!(VFIO_SET_IOMMU, VFIO, VFIO_BASE + 2);
 ioctl_io_nr!(VFIO_GROUP_GET_STATUS, VFIO, VFIO_BASE + 3);
+ioctl_io_nr!(VFIO_GROUP_SET_CONTAINER, VFIO, VFIO_BASE + 4);
 ioctl_io_nr!(VFIO_GROUP_UNSET_CONTAINER, VFIO, VFIO_BASE + 5);
+ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO, VFIO_BASE + 6);
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO, VFIO_BASE + 7);
 ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
@@ -182,9 +191,15 @@ fn vcpu_ioctls() -> Vec<u64> {
     v
 }
 
-/// ioctl requests the main thread issues from its event loop on.
+/// ioctl requests the main thread issues from its event loop on: teardown, and hot-add and
+/// hot-remove (opening the container and devices, mapping RAM and BARs, wiring interrupts).
 fn vmm_ioctls() -> Vec<u64> {
     let mut v = vec![
+        KVM_CREATE_DEVICE(),
+        VFIO_SET_IOMMU(),
+        VFIO_GROUP_SET_CONTAINER(),
+        VFIO_GROUP_GET_DEVICE_FD(),
+        VFIO_IOMMU_MAP_DMA(),
         KVM_IRQFD(),
         KVM_SET_GSI_ROUTING(),
         KVM_SET_USER_MEMORY_REGION(),
@@ -266,6 +281,10 @@ const VMM_ONLY: &[i64] = &[
     // Removing the API socket on the way out.
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // Hot-add: config space and BAR reads of the new device, its interrupt eventfds.
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_eventfd2,
 ];
 
 /// Only on the API thread: accepting connections and their timeouts.
@@ -521,6 +540,10 @@ mod tests {
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
+        assert_eq!(KVM_CREATE_DEVICE(), 0xc00c_aee0);
+        assert_eq!(VFIO_SET_IOMMU(), 0x3b66);
+        assert_eq!(VFIO_GROUP_SET_CONTAINER(), 0x3b68);
+        assert_eq!(VFIO_GROUP_GET_DEVICE_FD(), 0x3b6a);
     }
 
     #[test]
@@ -528,7 +551,13 @@ mod tests {
         let vcpu = rules(Thread::Vcpu).unwrap();
         let vmm = rules(Thread::Vmm).unwrap();
         for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_eventfd2] {
-            assert!(vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
+            assert!(
+                vcpu.contains_key(&nr) && vmm.contains_key(&nr),
+                "{nr}: both (hot-add)"
+            );
+        }
+        for nr in [libc::SYS_clone, libc::SYS_clone3, libc::SYS_execve] {
+            assert!(!vcpu.contains_key(&nr) && !vmm.contains_key(&nr), "{nr}");
         }
         for nr in [libc::SYS_epoll_wait, libc::SYS_openat, libc::SYS_getdents64] {
             assert!(vmm.contains_key(&nr) && !vcpu.contains_key(&nr), "{nr}");

@@ -24,32 +24,18 @@
 //! mapper never takes a device's lock.
 
 use super::p2p::{DmaWorker, Job, ASYNC_FROM};
+pub(super) use crate::vm_ops::Slot;
+use crate::vm_ops::VmOps;
 use devices::{Bus, BusDevice};
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_READONLY};
-use kvm_ioctls::VmFd;
 use pci::BarReprogram;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use vfio::host::{Dma, MmapArea};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use vfio::host::Dma;
+pub(super) use vfio::HostMemory;
 
 /// KVM memory slots for BARs start here (RAM uses the first few).
 const FIRST_BAR_SLOT: u32 = 16;
-
-/// A KVM memory slot for a BAR part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Slot {
-    /// KVM slot number.
-    pub id: u32,
-    /// Guest physical address.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Host address of the memory behind it.
-    pub host: u64,
-    /// Guest writes exit instead of landing (the ROM).
-    pub readonly: bool,
-}
 
 /// DMA mappings in the VFIO container. The mapper only passes host ranges of the
 /// [`HostMemory`] it owns and keeps them alive until the VM ends; the mappings go with the
@@ -71,20 +57,21 @@ pub(super) trait Maps: DmaMaps {
     fn remove_slot(&mut self, id: u32, host: u64) -> Result<(), String>;
 }
 
-/// [`DmaMaps`] on the VM's container (none: every call fails).
-#[derive(Clone)]
-pub(super) struct KvmDma(Option<Dma>);
+/// [`DmaMaps`] on the VM's container, once there is one (until then every call fails): the
+/// container is opened with the first device, at boot or at the first hot-add.
+#[derive(Clone, Default)]
+pub(super) struct KvmDma(Arc<OnceLock<Dma>>);
 
 impl KvmDma {
-    /// DMA mappings through `dma`.
-    pub fn new(dma: Option<Dma>) -> Self {
-        Self(dma)
+    /// The container's DMA maps from now on (the first call wins).
+    pub fn set(&self, dma: Dma) {
+        let _ = self.0.set(dma);
     }
 }
 
 impl DmaMaps for KvmDma {
     fn map_dma(&mut self, iova: u64, len: u64, host: u64) -> Result<(), String> {
-        let dma = self.0.as_ref().ok_or("no VFIO container")?;
+        let dma = self.0.get().ok_or("no VFIO container")?;
         // SAFETY: the memory is a BAR mmap the mapper owns for as long as the VM (and so the
         // container) lives, and the background mapper is joined before it goes; DMA into it
         // is what the device's BAR is for.
@@ -92,20 +79,20 @@ impl DmaMaps for KvmDma {
     }
 
     fn unmap_dma(&mut self, iova: u64, len: u64) -> Result<(), String> {
-        let dma = self.0.as_ref().ok_or("no VFIO container")?;
+        let dma = self.0.get().ok_or("no VFIO container")?;
         dma.unmap(iova, len)
     }
 }
 
-/// [`Maps`] on the VM's KVM fd and, with devices, its container.
+/// [`Maps`] on the VM (its memory slots) and its container (DMA).
 pub(super) struct KvmMaps {
-    vm: Arc<VmFd>,
+    vm: Arc<dyn VmOps>,
     dma: KvmDma,
 }
 
 impl KvmMaps {
     /// Slots on `vm`, DMA mappings through `dma`.
-    pub fn new(vm: Arc<VmFd>, dma: KvmDma) -> Self {
+    pub fn new(vm: Arc<dyn VmOps>, dma: KvmDma) -> Self {
         Self { vm, dma }
     }
 }
@@ -122,45 +109,13 @@ impl DmaMaps for KvmMaps {
 
 impl Maps for KvmMaps {
     fn add_slot(&mut self, slot: Slot) -> Result<(), String> {
-        let region = kvm_userspace_memory_region {
-            slot: slot.id,
-            flags: if slot.readonly { KVM_MEM_READONLY } else { 0 },
-            guest_phys_addr: slot.gpa,
-            memory_size: slot.len,
-            userspace_addr: slot.host,
-        };
         // SAFETY: the mapper passes only memory it owns (a BAR mmap or a ROM copy) and keeps
         // it until it deletes the slot or the VM ends (see the trait).
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| e.to_string())
+        unsafe { self.vm.add_slot(slot) }.map_err(|e| e.to_string())
     }
 
     fn remove_slot(&mut self, id: u32, host: u64) -> Result<(), String> {
-        let region = kvm_userspace_memory_region {
-            slot: id,
-            memory_size: 0,
-            userspace_addr: host,
-            ..Default::default()
-        };
-        // SAFETY: size 0 deletes the slot; no memory is handed to KVM.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| e.to_string())
-    }
-}
-
-/// Host memory behind a mapped part.
-pub(super) trait HostMemory: Send {
-    /// Host address.
-    fn addr(&self) -> u64;
-    /// Length in bytes.
-    fn len(&self) -> u64;
-}
-
-impl HostMemory for MmapArea {
-    fn addr(&self) -> u64 {
-        MmapArea::addr(self) as u64
-    }
-
-    fn len(&self) -> u64 {
-        MmapArea::len(self) as u64
+        self.vm.remove_slot(id, host).map_err(|e| e.to_string())
     }
 }
 
@@ -294,6 +249,8 @@ impl Part {
 struct BarParts {
     /// "DEVICE BARn", for messages.
     name: String,
+    /// An I/O BAR (its trapped parts live on the PIO bus).
+    is_io: bool,
     parts: Vec<Part>,
 }
 
@@ -335,6 +292,11 @@ impl BarMapper {
         )
     }
 
+    /// Whether the background mapper runs.
+    pub(super) fn has_worker(&self) -> bool {
+        self.worker.is_some()
+    }
+
     /// Hands parts of `async_from` bytes or more to `worker`.
     pub(super) fn set_worker(&mut self, worker: DmaWorker, async_from: u64) {
         self.worker = Some(worker);
@@ -348,8 +310,48 @@ impl BarMapper {
 
     /// Registers the parts of BAR `bar` of the device in PCI slot `slot` (`name` is "DEVICE
     /// BARn"); nothing is installed until the guest enables decoding.
-    pub(super) fn insert(&mut self, slot: u8, bar: u8, name: String, parts: Vec<Part>) {
-        self.bars.insert((slot, bar), BarParts { name, parts });
+    pub(super) fn insert(
+        &mut self,
+        slot: u8,
+        bar: u8,
+        is_io: bool,
+        name: String,
+        parts: Vec<Part>,
+    ) {
+        self.bars
+            .insert((slot, bar), BarParts { name, is_io, parts });
+    }
+
+    /// Takes every BAR of the device in PCI slot `slot` out: its KVM slots and bus entries
+    /// go, its peer-to-peer DMA mappings are unmapped (the background mapper done with them
+    /// first), and then its memory (the BAR mmaps) is dropped. After this nothing of the
+    /// device's BARs is reachable by the guest or by another device's DMA.
+    pub(super) fn remove_device(&mut self, slot: u8) {
+        let keys: Vec<(u8, u8)> = self.bars.keys().filter(|k| k.0 == slot).copied().collect();
+        let mut removed = Vec::new();
+        for key in keys {
+            let Some(mut bar) = self.bars.remove(&key) else {
+                continue;
+            };
+            for part in &mut bar.parts {
+                self.uninstall(part, bar.is_io);
+            }
+            let mut dmas = Dmas {
+                maps: self.maps.as_mut(),
+                worker: self.worker.as_ref(),
+                async_from: self.async_from,
+            };
+            for part in &mut bar.parts {
+                if let Part::Mapped { mem, dma, gen, .. } = part {
+                    dmas.unmap(dma, mem.len(), gen);
+                }
+            }
+            removed.push(bar);
+        }
+        if let Some(worker) = &self.worker {
+            worker.flush();
+        }
+        drop(removed);
     }
 
     /// Moves BAR `mv.bar` of PCI slot `slot`: uninstalls it from the old base and installs it
@@ -681,7 +683,7 @@ mod tests {
     fn rom_slot_follows_enable_and_moves() {
         let fake = Fake::default();
         let (mut m, ..) = mapper(&fake);
-        m.insert(1, 6, "d ROM".into(), vec![Part::rom(mem(0x8000))]);
+        m.insert(1, 6, false, "d ROM".into(), vec![Part::rom(mem(0x8000))]);
         m.apply(1, &mv(6, 0, 0xc000_0000, 0x8000));
         assert_eq!(fake.take(), vec![Call::Add(16, 0xc000_0000, 0x8000, true)]);
         m.apply(1, &mv(6, 0xc000_0000, 0, 0x8000));
@@ -718,7 +720,7 @@ mod tests {
             Part::mapped(0, mem(2 * PAGE as usize), true),
             Part::mapped(2 * PAGE, mem(2 * PAGE as usize), true),
         ];
-        m.insert(2, 2, "d BAR2".into(), parts);
+        m.insert(2, 2, false, "d BAR2".into(), parts);
         let (a, b) = (0x1_0000_0000, 0x1_4000_0000);
         m.apply(2, &mv(2, 0, a, 4 * PAGE));
         assert_eq!(
@@ -782,6 +784,7 @@ mod tests {
         m.insert(
             1,
             0,
+            false,
             "d BAR0".into(),
             vec![Part::mapped(0, mem(PAGE as usize), false), trap],
         );
@@ -804,12 +807,14 @@ mod tests {
         m.insert(
             1,
             2,
+            false,
             "d BAR2".into(),
             vec![Part::mapped(0, mem(big as usize), true)],
         );
         m.insert(
             2,
             0,
+            false,
             "e BAR0".into(),
             vec![Part::mapped(0, mem(PAGE as usize), true)],
         );
@@ -863,12 +868,14 @@ mod tests {
         m.insert(
             1,
             2,
+            false,
             "a BAR2".into(),
             vec![Part::mapped(0, mem(PAGE as usize), true)],
         );
         m.insert(
             2,
             2,
+            false,
             "b BAR2".into(),
             vec![Part::mapped(0, mem(PAGE as usize), true)],
         );

@@ -1,15 +1,16 @@
-//! The info line logged for each passed-through device at start: where it is, how each BAR
-//! is served (mmapped into the guest or trapped by vmm), and which interrupt modes the device
-//! offers. Text only; it changes nothing.
+//! The info line logged for each passed-through device when it is attached (where it is, how
+//! each BAR is served, which interrupt modes the device offers), and what `vm.info` shows of
+//! it. Reading only; it changes nothing.
 
-use super::Device;
+use super::{lock, BarInfo, DeviceInfo, Model, Passed};
 use crate::config::format_size;
 use pci::BarKind;
+use std::sync::{Arc, Mutex};
 use vfio::backend::{MSIX_IRQ, MSI_IRQ};
 use vfio::SegmentKind;
 
 /// `BARs ...; ROM ...; interrupts ...` for `device`, whose INTx is wired to `intx_gsi`.
-pub(super) fn device_summary(device: &Device, intx_gsi: Option<u32>) -> String {
+pub(super) fn device_summary(device: &Arc<Mutex<Model>>, intx_gsi: Option<u32>) -> String {
     let dev = device.lock().unwrap_or_else(|e| e.into_inner());
     let mut parts = Vec::new();
     for bar in dev.bar_set().iter() {
@@ -33,6 +34,35 @@ pub(super) fn device_summary(device: &Device, intx_gsi: Option<u32>) -> String {
     let irq = |index| dev.backend().irq_count(index);
     parts.push(describe_irqs(intx_gsi, irq(MSI_IRQ), irq(MSIX_IRQ)));
     parts.join("; ")
+}
+
+/// What `vm.info` shows of `d`: its BARs where the guest has them now, the interrupt mechanism
+/// wired now.
+pub(super) fn info(d: &Passed) -> DeviceInfo {
+    let model = lock(&d.model);
+    let bars = model
+        .bar_set()
+        .iter()
+        .map(|b| BarInfo {
+            index: b.index(),
+            kind: match b.kind() {
+                BarKind::Io => "io",
+                BarKind::Mem32 { .. } => "mem32",
+                BarKind::Mem64 { .. } => "mem64",
+                BarKind::Rom => "rom",
+            },
+            address: b.addr(),
+            size: b.size(),
+        })
+        .collect();
+    DeviceInfo {
+        id: d.id.clone(),
+        host: d.name.clone(),
+        bdf: format!("0000:00:{:02x}.0", d.slot),
+        iommu_group: d.group,
+        bars,
+        interrupts: lock(&d.irqs).mode_name(),
+    }
 }
 
 /// `BAR0 1 MiB 32-bit at 0xc0000000 mapped`, `BAR2 16 KiB 64-bit prefetchable at ADDR:

@@ -6,12 +6,12 @@
 //! [`DeviceIrqs::sync`] makes the wiring match what the guest programmed (the device model's
 //! MSI/MSI-X state), so mode switches and reprogramming are one code path.
 
+use super::Model;
 use crate::interrupts::{IrqRouter, MsiMessage};
-use kvm_ioctls::VmFd;
+use crate::vm_ops::VmOps;
 use std::sync::Arc;
 use vfio::backend::{INTX_IRQ, MSIX_IRQ, MSI_IRQ};
-use vfio::host::HostDevice;
-use vfio::VfioPciDevice;
+use vfio::DeviceOps;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Which interrupt mechanism is wired.
@@ -41,7 +41,7 @@ struct Vector {
 /// The interrupt wiring of one device.
 pub struct DeviceIrqs {
     name: String,
-    vm: Arc<VmFd>,
+    vm: Arc<dyn VmOps>,
     router: Arc<IrqRouter>,
     intx: Option<Intx>,
     mode: Mode,
@@ -50,7 +50,12 @@ pub struct DeviceIrqs {
 
 impl DeviceIrqs {
     /// Wiring for a device whose INTx pin (if any) is routed to `intx_gsi`.
-    pub fn new(name: &str, vm: Arc<VmFd>, router: Arc<IrqRouter>, intx_gsi: Option<u32>) -> Self {
+    pub fn new(
+        name: &str,
+        vm: Arc<dyn VmOps>,
+        router: Arc<IrqRouter>,
+        intx_gsi: Option<u32>,
+    ) -> Self {
         let intx = intx_gsi.and_then(|gsi| {
             Some(Intx {
                 gsi,
@@ -68,15 +73,25 @@ impl DeviceIrqs {
         }
     }
 
+    /// The mechanism wired now: `none`, `intx`, `msi` or `msix`.
+    pub fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Off => "none",
+            Mode::Intx => "intx",
+            Mode::Msi => "msi",
+            Mode::Msix => "msix",
+        }
+    }
+
     /// Makes the wiring match the device's programmed state. Failures are the guest's or
     /// the host's problem, never the VMM's: they are logged and the vector stays unwired.
-    pub fn sync(&mut self, dev: &VfioPciDevice<HostDevice>) {
+    pub fn sync(&mut self, dev: &Model) {
         let want = wanted_mode(dev, self.intx.is_some());
         if want != self.mode {
-            self.teardown(dev.backend());
+            self.teardown(&**dev.backend());
             if let Err(e) = self.setup(want, dev) {
                 log::warn!("{}: cannot enable {want:?}: {e}", self.name);
-                self.teardown(dev.backend());
+                self.teardown(&**dev.backend());
                 return;
             }
             self.mode = want;
@@ -86,12 +101,12 @@ impl DeviceIrqs {
 
     /// Turns the device's interrupts off and unwires them from KVM (on a mode change, and
     /// when the VM is going away).
-    pub fn teardown(&mut self, host: &HostDevice) {
+    pub fn teardown(&mut self, host: &dyn DeviceOps) {
         match self.mode {
             Mode::Off => return,
             Mode::Intx => {
                 if let Some(intx) = &self.intx {
-                    let _ = host.vfio().disable_irq(INTX_IRQ);
+                    let _ = host.disable_irq(INTX_IRQ);
                     let _ = self.vm.unregister_irqfd(&intx.trigger, intx.gsi);
                 }
             }
@@ -101,7 +116,7 @@ impl DeviceIrqs {
                 } else {
                     MSIX_IRQ
                 };
-                let _ = host.vfio().disable_irq(index);
+                let _ = host.disable_irq(index);
                 for v in self.vectors.iter().filter(|v| v.irqfd) {
                     let _ = self.vm.unregister_irqfd(&v.efd, v.gsi);
                 }
@@ -115,8 +130,8 @@ impl DeviceIrqs {
         self.mode = Mode::Off;
     }
 
-    fn setup(&mut self, mode: Mode, dev: &VfioPciDevice<HostDevice>) -> Result<(), String> {
-        let vfio = dev.backend().vfio();
+    fn setup(&mut self, mode: Mode, dev: &Model) -> Result<(), String> {
+        let vfio = dev.backend();
         match mode {
             Mode::Off => Ok(()),
             Mode::Intx => {
@@ -124,9 +139,9 @@ impl DeviceIrqs {
                 self.vm
                     .register_irqfd_with_resample(&intx.trigger, &intx.resample, intx.gsi)
                     .map_err(|e| e.to_string())?;
-                vfio.enable_irq(INTX_IRQ, vec![&intx.trigger])
+                vfio.enable_irq(INTX_IRQ, &[&intx.trigger])
                     .map_err(|e| e.to_string())?;
-                vfio.set_irq_resample_fd(INTX_IRQ, vec![&intx.resample])
+                vfio.set_irq_resample(INTX_IRQ, &intx.resample)
                     .map_err(|e| e.to_string())
             }
             Mode::Msi | Mode::Msix => {
@@ -145,7 +160,7 @@ impl DeviceIrqs {
                 let index = if mode == Mode::Msi { MSI_IRQ } else { MSIX_IRQ };
                 // Mode is set by the caller on success; teardown needs it on failure.
                 self.mode = mode;
-                vfio.enable_irq(index, fds).map_err(|e| e.to_string())
+                vfio.enable_irq(index, &fds).map_err(|e| e.to_string())
             }
         }
     }
@@ -153,7 +168,7 @@ impl DeviceIrqs {
     /// Sets the MSI-X pending bit of each masked vector whose eventfd has a count (it fired
     /// while masked), and clears the others. Polling does not consume the count, so the
     /// interrupt is still delivered when the vector is unmasked.
-    pub fn refresh_pending(&self, dev: &mut VfioPciDevice<HostDevice>) {
+    pub fn refresh_pending(&self, dev: &mut Model) {
         if self.mode != Mode::Msix {
             return;
         }
@@ -166,7 +181,7 @@ impl DeviceIrqs {
     /// Routes each vector to its current message; wires the unmasked ones. A vector that
     /// fired while masked has a count in its eventfd, which KVM delivers when the irqfd is
     /// registered on unmask: exactly once.
-    fn update_vectors(&mut self, dev: &VfioPciDevice<HostDevice>) {
+    fn update_vectors(&mut self, dev: &Model) {
         let messages = messages(dev);
         for (v, (msg, masked)) in self.vectors.iter_mut().zip(messages) {
             if v.msg != msg {
@@ -201,7 +216,7 @@ fn readable(efd: &EventFd) -> bool {
 }
 
 /// MSI-X if enabled, else MSI if enabled, else INTx when the device has a pin.
-fn wanted_mode(dev: &VfioPciDevice<HostDevice>, has_intx: bool) -> Mode {
+fn wanted_mode(dev: &Model, has_intx: bool) -> Mode {
     if dev.msix().is_some_and(|m| m.enabled) {
         Mode::Msix
     } else if dev.msi().is_some_and(|m| m.enabled) {
@@ -214,7 +229,7 @@ fn wanted_mode(dev: &VfioPciDevice<HostDevice>, has_intx: bool) -> Mode {
 }
 
 /// Each vector's message and whether it is masked, from the enabled mechanism.
-fn messages(dev: &VfioPciDevice<HostDevice>) -> Vec<(MsiMessage, bool)> {
+fn messages(dev: &Model) -> Vec<(MsiMessage, bool)> {
     if let Some(m) = dev.msix().filter(|m| m.enabled) {
         return m
             .entries

@@ -1,43 +1,58 @@
-//! Passthrough wiring: the guest PCI bus with its VFIO devices, their BARs placed before boot
-//! (the 64-bit ones in a window sized for them, checked against the guest's physical address
-//! width) and then kept where the guest puts them ([`bars`]: KVM memory slots, DMA mappings for
-//! peer-to-peer, bus entries, the ROM as read-only memory), and each device's interrupts
-//! ([`irqs`]) kept matching what the guest programmed.
+//! Passthrough: the guest's PCI bus with its VFIO devices, each BAR kept where the guest puts
+//! it, each device's interrupts kept matching what the guest programmed; devices attached at
+//! boot or while the guest runs, and detached again.
+//!
+//! Split by concern:
+//! - [`attach`]: attaching and detaching one device (ordered steps, undone on failure), over
+//!   the host's container ([`attach::Container`]) and the VM ([`crate::vm_ops::VmOps`]);
+//! - [`bars`]: BAR parts as KVM memory slots, peer-to-peer DMA mappings and bus entries, moved
+//!   with the guest's programming ([`p2p`]: large ones mapped in the background);
+//! - [`config`]: the guest's config-space and trapped-BAR accesses;
+//! - [`irqs`]: INTx/MSI/MSI-X from VFIO eventfds to KVM irqfds;
+//! - [`dma`]: guest RAM mapped for DMA; [`describe`]: the info line of each device.
+//!
+//! 64-bit BARs present at boot are placed together in a window above RAM sized for them and
+//! checked against the guest's physical address width; with hotplug (`--api-socket`) the
+//! window reaches that limit, so devices added later find room.
 //!
 //! Lock order: a config-space access holds its `ConfigAccess` lock, then briefly the root's,
 //! then the `BarMapper`'s; the mapper takes a device's lock only to read its BAR plan and
 //! never while changing a bus. A device model's lock is taken before its `DeviceIrqs` lock.
-//! Buses never hold their map lock while calling a device.
+//! The device list is read (a snapshot) after a config write and written only by attach and
+//! detach, on the main thread. Buses never hold their map lock while calling a device.
 
+mod attach;
 mod bars;
+mod config;
 mod describe;
 mod dma;
 mod irqs;
 mod p2p;
 
+pub(crate) use attach::read_romfile;
 pub use dma::progress_text;
 
 use crate::config::{format_size, DeviceConfig};
 use crate::interrupts::IrqRouter;
+use crate::vm_ops::VmOps;
 use arch::GuestMemoryMmap;
-use bars::{BarMapper, KvmDma, KvmMaps, Part, RomMemory};
-use devices::{Bus, BusDevice};
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use attach::{Container, HostContainer, Opened, Wiring};
+use bars::{BarMapper, KvmDma, KvmMaps};
+use devices::Bus;
 use kvm_ioctls::VmFd;
-use pci::{BarKind, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
-use resources::layout::PCI_ECAM_START;
+use pci::{BarKind, PciResources, PciRoot, PciWindow, PciWindows};
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use vfio::backend::INTX_IRQ;
-use vfio::host::{HostDevice, VfioHost};
-use vfio::{RomSource, SegmentKind, Sysfs, SysfsDevice, VfioPciDevice};
-use vfio_ioctls::VfioDeviceFd;
+use std::sync::{Arc, Mutex, RwLock};
+use vfio::{DeviceOps, Sysfs, VfioPciDevice};
 
 /// Config dword holding interrupt line (byte 0) and pin (byte 1).
 const INTERRUPT_REG: usize = 0x3c / 4;
-/// Largest `romfile=`: a ROM BAR decodes at most 2 GiB.
-const MAX_ROMFILE: u64 = 1 << 31;
+
+/// A device model over whatever VFIO device is behind it (the kernel's, or a fake in tests).
+pub(crate) type Model = VfioPciDevice<Box<dyn DeviceOps>>;
+
+/// The attached devices, shared with the config-space handlers.
+type Devices = Arc<RwLock<Vec<Arc<Passed>>>>;
 
 /// Errors attaching passed-through devices.
 #[derive(Debug)]
@@ -94,6 +109,18 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A hot-add of a device that is in the guest already.
+    AlreadyAttached {
+        /// The device's host name.
+        device: String,
+        /// The id it has.
+        id: String,
+    },
+    /// A hot-add with an id another device has.
+    SameId {
+        /// The id.
+        id: String,
+    },
     /// A `romfile=` that cannot be served.
     RomFile {
         /// The device as given.
@@ -141,6 +168,14 @@ impl diag::Explain for Error {
                 ),
                 "check the process's limits (ulimit -u) and free memory",
             ),
+            Error::AlreadyAttached { device, id } => Advice::new(
+                format!("{device} is in the guest already (id {id})"),
+                "remove it first, or give another device",
+            ),
+            Error::SameId { id } => Advice::new(
+                format!("a device with id {id:?} is in the guest already"),
+                "give the new device another id",
+            ),
             Error::RomFile {
                 device,
                 path,
@@ -160,95 +195,33 @@ diag::wrap!(Error:
     Bus(devices::bus::Error),
 );
 
-type Device = Arc<Mutex<VfioPciDevice<HostDevice>>>;
-
-/// A passed-through device: its model and its interrupt wiring.
-struct Passed {
-    model: Device,
+/// A passed-through device on the bus.
+pub(crate) struct Passed {
+    /// `id=`, else its host name.
+    id: String,
+    /// Its host name.
+    name: String,
+    /// Its IOMMU group.
+    group: u32,
+    /// Its slot on bus 0.
+    slot: u8,
+    /// The address ranges its BARs were given, to give back.
+    bars: Vec<(BarKind, u64, u64)>,
+    model: Arc<Mutex<Model>>,
     irqs: Mutex<irqs::DeviceIrqs>,
 }
 
 impl Passed {
     /// Rewires interrupts if the guest changed MSI/MSI-X programming.
-    fn sync_irqs(&self, model: &mut VfioPciDevice<HostDevice>) {
+    fn sync_irqs(&self, model: &mut Model) {
         if !model.take_interrupt_changes().is_empty() {
-            self.irqs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .sync(model);
+            lock(&self.irqs).sync(model);
         }
     }
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A BAR part that is trapped: forwards to the device with the part's offset in the BAR.
-struct TrappedPart {
-    device: Arc<Passed>,
-    bar: u8,
-    offset: u64,
-}
-
-impl BusDevice for TrappedPart {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let at = self.offset + offset;
-        let mut model = lock(&self.device.model);
-        // The PBA shows which masked vectors fired: their eventfds hold a count.
-        if model
-            .msix_pba()
-            .is_some_and(|a| a.bar == self.bar && a.range.contains(&at))
-        {
-            lock(&self.device.irqs).refresh_pending(&mut model);
-        }
-        model.bar_read(self.bar, at, data);
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        let mut model = lock(&self.device.model);
-        model.bar_write(self.bar, self.offset + offset, data);
-        self.device.sync_irqs(&mut model);
-    }
-}
-
-/// A config-space access path (mechanism #1 or ECAM) that applies BAR moves and interrupt
-/// reprogramming after each write.
-struct ConfigAccess<D: BusDevice> {
-    inner: D,
-    root: Arc<Mutex<PciRoot>>,
-    mapper: Arc<Mutex<BarMapper>>,
-    devices: Arc<Vec<Arc<Passed>>>,
-}
-
-impl<D: BusDevice> BusDevice for ConfigAccess<D> {
-    fn read(&mut self, offset: u64, data: &mut [u8]) {
-        self.inner.read(offset, data);
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) {
-        self.inner.write(offset, data);
-        let moves = lock(&self.root).take_bar_moves();
-        if !moves.is_empty() {
-            let mut mapper = lock(&self.mapper);
-            for (slot, mv) in &moves {
-                mapper.apply(*slot, mv);
-            }
-        }
-        for device in self.devices.iter() {
-            device.sync_irqs(&mut lock(&device.model));
-        }
-    }
-}
-
-/// Everything passthrough needs to stay alive for the VM's lifetime.
-pub struct Passthrough {
-    /// The container and its devices' host side, when devices were given (dropped last).
-    pub host: Option<VfioHost>,
-    /// Windows BARs are allocated from (for ACPI).
-    pub windows: PciWindows,
-    devices: Arc<Vec<Arc<Passed>>>,
-    mapper: Arc<Mutex<BarMapper>>,
 }
 
 /// One passed-through device as `vm.info` shows it.
@@ -260,28 +233,44 @@ pub struct DeviceInfo {
     pub host: String,
     /// Its guest PCI address.
     pub bdf: String,
+    /// Its IOMMU group on the host.
+    pub iommu_group: u32,
+    /// Its BARs where the guest has them now.
+    pub bars: Vec<BarInfo>,
+    /// The interrupt mechanism wired now: none, intx, msi or msix.
+    pub interrupts: &'static str,
 }
 
-impl Passthrough {
-    /// What `vm.info` lists.
-    pub fn info(&self) -> Vec<DeviceInfo> {
-        Vec::new()
-    }
+/// One BAR in [`DeviceInfo`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BarInfo {
+    /// BAR index (6: the ROM).
+    pub index: u8,
+    /// io, mem32, mem64 or rom.
+    pub kind: &'static str,
+    /// Guest physical address (or port), 0 while not placed.
+    pub address: u64,
+    /// Bytes.
+    pub size: u64,
+}
 
-    /// Quiesces every device before it is released (the vCPUs are stopped): no more DMA
-    /// mappings made in the background, interrupts off and unwired from KVM, then a device
-    /// reset where the device has one.
-    pub fn shutdown(&self) {
-        lock(&self.mapper).stop_worker();
-        for device in self.devices.iter() {
-            let model = lock(&device.model);
-            let host = model.backend();
-            lock(&device.irqs).teardown(host);
-            if host.can_reset() && !host.reset() {
-                log::warn!("{}: reset at shutdown failed", host.name);
-            }
-        }
-    }
+/// Everything passthrough keeps for the VM's lifetime.
+pub struct Passthrough {
+    /// Windows BARs are allocated from (for ACPI).
+    pub windows: PciWindows,
+    vm: Arc<dyn VmOps>,
+    router: Arc<IrqRouter>,
+    root: Arc<Mutex<PciRoot>>,
+    mapper: Arc<Mutex<BarMapper>>,
+    devices: Devices,
+    resources: PciResources,
+    dma: KvmDma,
+    seccomp: bool,
+    /// Devices may come later: the background mapper runs from the start (the main thread,
+    /// which adds them, may not start threads under its seccomp filter).
+    hotplug: bool,
+    /// The host side, dropped last.
+    container: Box<dyn Container>,
 }
 
 /// What the PCI setup needs from the builder.
@@ -299,6 +288,9 @@ pub struct Setup<'a> {
     pub kvm_phys_bits: u8,
     /// Threads started here install their seccomp filter (`--seccomp=on`).
     pub seccomp: bool,
+    /// Devices may be added later (`--api-socket`): the 64-bit window reaches the address
+    /// limit so that they find room.
+    pub hotplug: bool,
     /// PIO bus.
     pub pio: &'a Arc<Bus>,
     /// MMIO bus.
@@ -308,72 +300,230 @@ pub struct Setup<'a> {
 /// Puts a PCI bus in the guest with every `--device` on it: checks and opens them, places
 /// their BARs, maps guest RAM for their DMA and wires their interrupts. Without devices, just
 /// the host bridge.
-pub fn attach(setup: &Setup, devices: &[DeviceConfig]) -> Result<Passthrough, Error> {
-    let root = Arc::new(Mutex::new(PciRoot::new()));
-    let (host, windows, mapper, passed) = if devices.is_empty() {
-        let maps = KvmMaps::new(setup.vm.clone(), KvmDma::new(None));
-        let mapper = BarMapper::new(Box::new(maps), setup.pio, setup.mmio);
-        let windows = PciWindows::new(setup.mem_size, 0);
-        (None, windows, Arc::new(Mutex::new(mapper)), Vec::new())
-    } else {
-        let roms = read_romfiles(devices)?;
-        let (host, found) = open_host(setup, devices)?;
-        let mut opened = open_devices(&host, &found, devices, roms)?;
-        let windows = place_bars(setup, &mut opened)?;
-        let dma = KvmDma::new(Some(host.dma()));
-        let maps = KvmMaps::new(setup.vm.clone(), dma.clone());
-        let mapper = Arc::new(Mutex::new(BarMapper::new(
-            Box::new(maps),
-            setup.pio,
-            setup.mmio,
-        )));
-        let passed = add_devices(setup, opened, &root, &mapper)?;
-        start_worker(&mut lock(&mapper), dma, setup.seccomp)?;
-        dma::map_guest_ram(&host, setup.memory)?;
-        (Some(host), windows, mapper, passed)
-    };
-    let devices = Arc::new(passed);
-    let io = ConfigAccess {
-        inner: PciConfigIo::new(root.clone()),
-        root: root.clone(),
-        mapper: mapper.clone(),
-        devices: devices.clone(),
-    };
-    setup.pio.insert_named(
-        "pci-config",
-        Arc::new(Mutex::new(io)),
-        pci::PCI_CONFIG_IO_PORT,
-        pci::PCI_CONFIG_IO_SIZE,
-    )?;
-    let mapper_ref = mapper.clone();
-    let ecam = ConfigAccess {
-        inner: PciConfigMmio::new(root.clone()),
-        root,
-        mapper,
-        devices: devices.clone(),
-    };
-    setup.mmio.insert_named(
-        "pci-ecam",
-        Arc::new(Mutex::new(ecam)),
-        PCI_ECAM_START,
-        pci::ECAM_SIZE,
-    )?;
-    Ok(Passthrough {
-        host,
+pub fn attach(setup: &Setup, cfgs: &[DeviceConfig]) -> Result<Passthrough, Error> {
+    let dma = KvmDma::default();
+    let mut container: Box<dyn Container> = Box::new(HostContainer::new(
+        setup.vm.clone(),
+        setup.memory.clone(),
+        setup.mem_size,
+        dma.clone(),
+    ));
+    let mut opened = Vec::new();
+    for cfg in cfgs {
+        opened.push(attach::open(container.as_mut(), cfg)?);
+    }
+    let (windows, planned) = plan_windows(setup, &mut opened)?;
+    let mut resources = PciResources::new(windows).map_err(|source| Error::Resources {
+        device: "PCI windows".into(),
+        source,
+    })?;
+    for &(addr, size) in &planned {
+        let kind = BarKind::Mem64 { prefetchable: true };
+        resources
+            .reserve(kind, addr, size)
+            .map_err(|source| Error::Resources {
+                device: "PCI windows".into(),
+                source,
+            })?;
+    }
+    for o in opened.iter_mut() {
+        attach::place_bars(&mut resources, &mut o.model)?;
+    }
+    let vm: Arc<dyn VmOps> = setup.vm.clone();
+    let maps = KvmMaps::new(vm.clone(), dma.clone());
+    let mapper = BarMapper::new(Box::new(maps), setup.pio, setup.mmio);
+    let mut pt = Passthrough {
         windows,
-        devices,
-        mapper: mapper_ref,
-    })
+        router: Arc::new(IrqRouter::new(vm.clone())),
+        vm,
+        root: Arc::new(Mutex::new(PciRoot::new())),
+        mapper: Arc::new(Mutex::new(mapper)),
+        devices: Arc::default(),
+        resources,
+        dma,
+        seccomp: setup.seccomp,
+        hotplug: setup.hotplug,
+        container,
+    };
+    for o in opened {
+        pt.install(o)?;
+    }
+    pt.start_worker()?;
+    config::install(&pt.root, &pt.mapper, &pt.devices, setup.pio, setup.mmio)?;
+    Ok(pt)
 }
 
-/// Starts the background mapper of large BARs ([`p2p`]) when some BAR needs it.
-fn start_worker(mapper: &mut BarMapper, dma: KvmDma, seccomp: bool) -> Result<(), Error> {
-    if mapper.needs_worker() {
-        let worker = p2p::DmaWorker::start(Box::new(dma), p2p::CHUNK, seccomp)
-            .map_err(|source| Error::Thread { source })?;
-        mapper.set_worker(worker, p2p::ASYNC_FROM);
+/// Gives the 64-bit BARs of every device an address as firmware would: together in a window
+/// above RAM sized for them ([`pci::plan_mmio64`]), refused when they do not fit below the
+/// guest's physical address width. Returns the windows and the planned ranges.
+fn plan_windows(
+    setup: &Setup,
+    opened: &mut [Opened],
+) -> Result<(PciWindows, Vec<(u64, u64)>), Error> {
+    let wanted: Vec<(usize, u8, u64)> = opened
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            o.model
+                .bar_set()
+                .iter()
+                .filter(|b| matches!(b.kind(), BarKind::Mem64 { .. }))
+                .map(move |b| (i, b.index(), b.size()))
+        })
+        .collect();
+    let sizes: Vec<u64> = wanted.iter().map(|w| w.2).collect();
+    let limit = 1u64 << setup.phys_bits;
+    let plan = pci::plan_mmio64(setup.mem_size, &sizes, limit).map_err(|o| {
+        let (i, bar, size) = wanted[o.index];
+        too_large(setup, &opened[i].name(), bar, size, o.start)
+    })?;
+    let mut planned = Vec::new();
+    for (&(i, bar, size), &addr) in wanted.iter().zip(&plan.addrs) {
+        if let Some(b) = opened[i].model.bar_set_mut().get_mut(bar) {
+            b.set_addr(addr);
+            planned.push((addr, size));
+        }
     }
-    Ok(())
+    let mut mmio64 = plan.window;
+    if setup.hotplug && limit > mmio64.start {
+        mmio64 = PciWindow {
+            start: mmio64.start,
+            size: limit - mmio64.start,
+        };
+    }
+    Ok((PciWindows::with_mmio64(mmio64), planned))
+}
+
+impl Passthrough {
+    /// Installs an opened device whose BARs are placed; on failure it is closed again.
+    fn install(&mut self, opened: Opened) -> Result<Arc<Passed>, Error> {
+        let ranges = attach::bar_ranges(&opened.model);
+        let wiring = Wiring {
+            vm: &self.vm,
+            router: &self.router,
+            root: &self.root,
+            mapper: &self.mapper,
+            devices: &self.devices,
+        };
+        match attach::install(&wiring, self.container.as_mut(), opened) {
+            Ok(passed) => Ok(passed),
+            Err((e, model)) => {
+                for (kind, addr, size) in ranges {
+                    self.resources.free(kind, addr, size);
+                }
+                if let Some(model) = model {
+                    self.container.release((*model).into_backend());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the background mapper of large BARs ([`p2p`]) once some BAR needs it (with
+    /// hotplug, at once).
+    fn start_worker(&mut self) -> Result<(), Error> {
+        let mut mapper = lock(&self.mapper);
+        if !mapper.has_worker() && (self.hotplug || mapper.needs_worker()) {
+            let worker =
+                p2p::DmaWorker::start(Box::new(self.dma.clone()), p2p::CHUNK, self.seccomp)
+                    .map_err(|source| Error::Thread { source })?;
+            mapper.set_worker(worker, p2p::ASYNC_FROM);
+        }
+        Ok(())
+    }
+
+    fn find(&self, pred: impl Fn(&Passed) -> bool) -> Option<Arc<Passed>> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        devices.iter().find(|d| pred(d)).cloned()
+    }
+
+    /// The slot of the device with `id`, if one is attached.
+    pub fn slot_of(&self, id: &str) -> Option<u8> {
+        self.find(|d| d.id == id).map(|d| d.slot)
+    }
+
+    /// Attaches the device `cfg` names to the running guest; returns its id and slot.
+    /// Nothing changes when it fails.
+    pub fn hot_add(&mut self, cfg: &DeviceConfig) -> Result<(String, u8), Error> {
+        if let Some(id) = &cfg.id {
+            if self.find(|d| &d.id == id).is_some() {
+                return Err(Error::SameId { id: id.clone() });
+            }
+        }
+        let mut opened = attach::open(self.container.as_mut(), cfg)?;
+        let name = opened.name();
+        if let Some(d) = self.find(|d| d.name == name) {
+            self.container.release(opened.model.into_backend());
+            return Err(Error::AlreadyAttached {
+                device: name,
+                id: d.id.clone(),
+            });
+        }
+        if let Err(e) = attach::place_bars(&mut self.resources, &mut opened.model) {
+            self.container.release(opened.model.into_backend());
+            return Err(e);
+        }
+        let passed = self.install(opened)?;
+        if let Err(e) = self.start_worker() {
+            log::warn!("{e}");
+        }
+        Ok((passed.id.clone(), passed.slot))
+    }
+
+    /// Detaches the device in `slot` (the guest let go of it) and closes it; returns its host
+    /// name, `None` when the slot is empty.
+    pub fn hot_remove(&mut self, slot: u8) -> Option<String> {
+        let passed = self.find(|d| d.slot == slot)?;
+        let name = passed.name.clone();
+        let wiring = Wiring {
+            vm: &self.vm,
+            router: &self.router,
+            root: &self.root,
+            mapper: &self.mapper,
+            devices: &self.devices,
+        };
+        let model = attach::uninstall(&wiring, &mut self.resources, passed);
+        if let Some(model) = model {
+            self.container.release(model.into_backend());
+        }
+        Some(name)
+    }
+
+    /// What `vm.info` lists, in slot order.
+    pub fn info(&self) -> Vec<DeviceInfo> {
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<DeviceInfo> = devices.iter().map(|d| describe::info(d)).collect();
+        all.sort_by(|a, b| a.bdf.cmp(&b.bdf));
+        all
+    }
+
+    /// Quiesces every device before it is released (the vCPUs are stopped): no more DMA
+    /// mappings made in the background, interrupts off and unwired from KVM, then a device
+    /// reset where the device has one.
+    pub fn shutdown(&self) {
+        lock(&self.mapper).stop_worker();
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        for device in devices.iter() {
+            let model = lock(&device.model);
+            let host = model.backend();
+            lock(&device.irqs).teardown(&**host);
+            if host.can_reset() && !host.reset() {
+                log::warn!("{}: reset at shutdown failed", device.name);
+            }
+        }
+    }
+}
+
+/// The refusal of BAR `bar` (`size` bytes) of `device`, with the advice that fits.
+fn too_large(setup: &Setup, device: &str, bar: u8, size: u64, start: u64) -> Error {
+    Error::BarTooLarge(TooLarge::new(
+        device,
+        bar,
+        size,
+        start,
+        setup.phys_bits,
+        setup.kvm_phys_bits,
+    ))
 }
 
 /// Refuses two `--device` options that resolve to the same host device (a BDF written two
@@ -398,171 +548,6 @@ fn check_distinct_in(sysfs: &Sysfs, devices: &[DeviceConfig]) -> Result<(), Erro
         }
     }
     Ok(())
-}
-
-/// The ROM each device shows: `rombar=off` none, `romfile=` the file's bytes (read now, so a
-/// bad path is refused before anything is opened), else the device's own.
-fn read_romfiles(devices: &[DeviceConfig]) -> Result<Vec<RomSource>, Error> {
-    devices
-        .iter()
-        .map(|cfg| match (&cfg.romfile, cfg.rombar) {
-            (_, false) => Ok(RomSource::Hidden),
-            (None, true) => Ok(RomSource::Device),
-            (Some(path), true) => {
-                read_romfile(path)
-                    .map(RomSource::Image)
-                    .map_err(|reason| Error::RomFile {
-                        device: cfg.spec(),
-                        path: path.display().to_string(),
-                        reason,
-                    })
-            }
-        })
-        .collect()
-}
-
-/// A ROM image file's bytes, or why it cannot be one.
-pub(crate) fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if meta.is_dir() {
-        return Err("is a directory".into());
-    }
-    if meta.len() > MAX_ROMFILE {
-        return Err(format!(
-            "{} is larger than a ROM BAR",
-            format_size(meta.len())
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.is_empty() {
-        return Err("is empty".into());
-    }
-    Ok(bytes)
-}
-
-/// Checks every device through sysfs (the most precise messages), the memlock limit, then
-/// opens the container.
-fn open_host(
-    setup: &Setup,
-    devices: &[DeviceConfig],
-) -> Result<(VfioHost, Vec<SysfsDevice>), Error> {
-    let sysfs = Sysfs::default();
-    let mut found = Vec::new();
-    for cfg in devices {
-        let dev = sysfs.device(cfg.spec())?;
-        vfio::host::check_usable(&sysfs, &dev)?;
-        found.push(dev);
-    }
-    vfio::host::check_memlock(setup.mem_size)?;
-    let mut kvm_vfio = kvm_create_device {
-        type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-        fd: 0,
-        flags: 0,
-    };
-    let kvm_vfio = setup
-        .vm
-        .create_device(&mut kvm_vfio)
-        .map_err(|source| Error::Kvm {
-            what: "create the KVM-VFIO device",
-            source,
-        })?;
-    let host = VfioHost::new(VfioDeviceFd::new_from_kvm(kvm_vfio), sysfs)?;
-    Ok((host, found))
-}
-
-/// A device opened and modelled, its BARs not placed yet.
-struct Opened {
-    name: String,
-    group: u32,
-    model: VfioPciDevice<HostDevice>,
-    p2p: bool,
-}
-
-/// Opens each device and models it with the ROM it is to show (the reset comes once its BARs
-/// are known to fit: a refusal is then the only line).
-fn open_devices(
-    host: &VfioHost,
-    found: &[SysfsDevice],
-    cfgs: &[DeviceConfig],
-    roms: Vec<RomSource>,
-) -> Result<Vec<Opened>, Error> {
-    let mut opened = Vec::new();
-    for ((dev, cfg), rom) in found.iter().zip(cfgs).zip(roms) {
-        let hd = host.open(dev)?;
-        let name = hd.name.clone();
-        let group = hd.group;
-        let model = VfioPciDevice::with_rom(hd, rom).map_err(|source| Error::Model {
-            device: name.clone(),
-            source,
-        })?;
-        if let Some(problem) = model.rom_problem() {
-            log::warn!(
-                "{name}: cannot read its expansion ROM ({problem}); the guest sees none \
-                 (romfile=PATH serves a dump of it)"
-            );
-        }
-        opened.push(Opened {
-            name,
-            group,
-            model,
-            p2p: cfg.p2p,
-        });
-    }
-    Ok(opened)
-}
-
-/// Gives every BAR a guest address as firmware would: the 64-bit BARs of all devices together
-/// in a window above RAM sized for them ([`pci::plan_mmio64`]), refused when they do not fit
-/// below the guest's physical address width; the others from the fixed windows.
-fn place_bars(setup: &Setup, opened: &mut [Opened]) -> Result<PciWindows, Error> {
-    let wanted: Vec<(usize, u8, u64)> = opened
-        .iter()
-        .enumerate()
-        .flat_map(|(i, o)| {
-            o.model
-                .bar_set()
-                .iter()
-                .filter(|b| matches!(b.kind(), BarKind::Mem64 { .. }))
-                .map(move |b| (i, b.index(), b.size()))
-        })
-        .collect();
-    let sizes: Vec<u64> = wanted.iter().map(|w| w.2).collect();
-    let limit = 1u64 << setup.phys_bits;
-    let plan = pci::plan_mmio64(setup.mem_size, &sizes, limit).map_err(|o| {
-        let (i, bar, size) = wanted[o.index];
-        too_large(setup, &opened[i].name, bar, size, o.start)
-    })?;
-    for (&(i, bar, _), &addr) in wanted.iter().zip(&plan.addrs) {
-        if let Some(b) = opened[i].model.bar_set_mut().get_mut(bar) {
-            b.set_addr(addr);
-        }
-    }
-    let windows = PciWindows::with_mmio64(plan.window);
-    let mut resources = PciResources::new(windows).map_err(|source| Error::Resources {
-        device: "PCI windows".into(),
-        source,
-    })?;
-    for o in opened.iter_mut() {
-        resources
-            .assign_bars(o.model.bar_set_mut())
-            .map_err(|source| Error::Resources {
-                device: o.name.clone(),
-                source,
-            })?;
-    }
-    Ok(windows)
-}
-
-/// The refusal of BAR `bar` (`size` bytes) of `device`, with the advice that fits.
-fn too_large(setup: &Setup, device: &str, bar: u8, size: u64, start: u64) -> Error {
-    Error::BarTooLarge(TooLarge::new(
-        device,
-        bar,
-        size,
-        start,
-        setup.phys_bits,
-        setup.kvm_phys_bits,
-    ))
 }
 
 /// A 64-bit BAR past the guest's physical address limit, as problem and fix (shared by the
@@ -601,98 +586,6 @@ impl TooLarge {
         };
         Self { problem, fix }
     }
-}
-
-/// Resets each device, puts it on the bus, prepares its BARs' parts and wires its INTx.
-fn add_devices(
-    setup: &Setup,
-    opened: Vec<Opened>,
-    root: &Arc<Mutex<PciRoot>>,
-    mapper: &Arc<Mutex<BarMapper>>,
-) -> Result<Vec<Arc<Passed>>, Error> {
-    let router = Arc::new(IrqRouter::new(setup.vm.clone()));
-    let mut passed = Vec::new();
-    for o in opened {
-        let Opened {
-            name,
-            group,
-            mut model,
-            p2p,
-        } = o;
-        if !model.backend().reset() {
-            log::warn!(
-                "{name}: no reset method (or reset failed); it keeps the state its last user left"
-            );
-        }
-        let pin = (model.read_config_register(INTERRUPT_REG) >> 8) as u8;
-        let model = Arc::new(Mutex::new(model));
-        let slot = lock(root)
-            .add_device(model.clone())
-            .map_err(|source| Error::Resources {
-                device: name.clone(),
-                source,
-            })?;
-        let intx_gsi = (pin != 0 && lock(&model).backend().irq_count(INTX_IRQ) > 0)
-            .then(|| pci::intx_gsi(slot, pin - 1));
-        let irqs = irqs::DeviceIrqs::new(&name, setup.vm.clone(), router.clone(), intx_gsi);
-        let device = Arc::new(Passed {
-            model,
-            irqs: Mutex::new(irqs),
-        });
-        for (bar, parts) in bar_parts(&device, &name, p2p)? {
-            lock(mapper).insert(slot, bar, format!("{name} BAR{bar}"), parts);
-        }
-        lock(&device.irqs).sync(&lock(&device.model));
-        log::info!(
-            "{name}: IOMMU group {group}, guest 00:{slot:02x}.0; {}",
-            describe::device_summary(&device.model, intx_gsi)
-        );
-        passed.push(device);
-    }
-    Ok(passed)
-}
-
-/// The parts of every BAR of `device`: mmaps what can be mapped (also for peer-to-peer DMA
-/// when `p2p`), a read-only copy of the ROM, handlers for the rest.
-fn bar_parts(device: &Arc<Passed>, name: &str, p2p: bool) -> Result<Vec<(u8, Vec<Part>)>, Error> {
-    let dev = lock(&device.model);
-    let mut all = Vec::new();
-    for bar in dev.bar_set().iter().map(|b| b.index()) {
-        let mut parts = Vec::new();
-        for seg in dev.bar_plan(bar) {
-            let mmap_err = |source| Error::Mmap {
-                device: name.to_owned(),
-                bar,
-                source,
-            };
-            parts.push(match seg.kind {
-                SegmentKind::Mmap => {
-                    let area = dev
-                        .backend()
-                        .mmap(u32::from(bar), seg.offset, seg.len)
-                        .map_err(mmap_err)?;
-                    Part::mapped(seg.offset, Box::new(area), p2p)
-                }
-                SegmentKind::Rom => {
-                    let image = dev.rom_image().unwrap_or_default();
-                    Part::rom(Box::new(RomMemory::new(image).map_err(mmap_err)?))
-                }
-                SegmentKind::Trap => Part::Trapped {
-                    offset: seg.offset,
-                    len: seg.len,
-                    handler: Arc::new(Mutex::new(TrappedPart {
-                        device: device.clone(),
-                        bar,
-                        offset: seg.offset,
-                    })),
-                    base: None,
-                    name: format!("{name} BAR{bar}"),
-                },
-            });
-        }
-        all.push((bar, parts));
-    }
-    Ok(all)
 }
 
 #[cfg(test)]
@@ -760,18 +653,22 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
+        let roms: Vec<_> = cfgs
+            .iter()
+            .map(|c| attach::rom_source(c).unwrap())
+            .collect();
         assert_eq!(
-            read_romfiles(&cfgs).unwrap(),
+            roms,
             vec![
-                RomSource::Device,
-                RomSource::Hidden,
-                RomSource::Image(vec![0x55, 0xaa, 1])
+                vfio::RomSource::Device,
+                vfio::RomSource::Hidden,
+                vfio::RomSource::Image(vec![0x55, 0xaa, 1])
             ]
         );
         let bad: DeviceConfig = format!("vfio-pci,host=00:12.0,romfile={}", empty.display())
             .parse()
             .unwrap();
-        let e = read_romfiles(&[bad]).unwrap_err().to_string();
+        let e = attach::rom_source(&bad).unwrap_err().to_string();
         assert!(
             e.contains("of --device 0000:00:12.0: is empty; give a readable ROM image"),
             "{e}"

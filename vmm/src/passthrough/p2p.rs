@@ -60,6 +60,8 @@ pub(super) enum Job {
         /// Bytes.
         len: u64,
     },
+    /// Say so once every job queued before this one is done.
+    Barrier(Sender<()>),
 }
 
 /// The background thread and its queue.
@@ -99,6 +101,14 @@ impl DmaWorker {
             // A worker that is gone (it failed to start its filter) has said so already.
             let _ = tx.send(job);
         }
+    }
+
+    /// Waits until every job queued so far is done (before the memory of unmapped parts
+    /// goes); returns at once when the worker is gone.
+    pub fn flush(&self) {
+        let (tx, rx) = channel();
+        self.send(Job::Barrier(tx));
+        let _ = rx.recv();
     }
 }
 
@@ -154,6 +164,9 @@ fn run(mut dma: Box<dyn DmaMaps>, rx: Receiver<Job>, stop: &AtomicBool, chunk: u
                 if let Err(e) = dma.unmap_dma(iova, len) {
                     log::debug!("p2p: unmap of {len:#x} bytes at {iova:#x}: {e}");
                 }
+            }
+            Job::Barrier(done) => {
+                let _ = done.send(());
             }
         }
     }
