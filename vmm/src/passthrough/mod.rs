@@ -22,6 +22,8 @@
 //! detach, on the main thread. Buses never hold their map lock while calling a device.
 
 mod attach;
+#[cfg(test)]
+mod attach_tests;
 mod bars;
 mod config;
 mod describe;
