@@ -53,11 +53,7 @@ pub enum Error {
     },
 }
 
-impl From<crate::sysfs::Error> for Error {
-    fn from(e: crate::sysfs::Error) -> Self {
-        Error::Sysfs(e)
-    }
-}
+diag::wrap!(Error: Sysfs(crate::sysfs::Error));
 
 impl diag::Explain for Error {
     fn advice(&self) -> diag::Advice {

@@ -62,17 +62,7 @@ pub enum RomSource {
 /// Bytes read from the ROM region per backend read.
 const ROM_READ_CHUNK: u64 = 64 << 10;
 
-impl From<pci::Error> for Error {
-    fn from(e: pci::Error) -> Self {
-        Error::Bars(e)
-    }
-}
-
-impl From<crate::msix::Error> for Error {
-    fn from(e: crate::msix::Error) -> Self {
-        Error::Msix(e)
-    }
-}
+diag::wrap!(Error: Bars(pci::Error), Msix(crate::msix::Error));
 
 impl diag::Explain for Error {
     fn advice(&self) -> diag::Advice {
@@ -176,26 +166,17 @@ impl<B: VfioBackend> VfioPciDevice<B> {
     }
 
     fn from_parts(backend: B, p: Probed) -> Self {
-        let Probed {
-            config_size,
-            command,
-            bars,
-            msi,
-            msix,
-            rom,
-            rom_problem,
-        } = p;
         Self {
             backend,
-            config_size,
-            bars,
-            decode: Decode::from_command(command),
+            config_size: p.config_size,
+            bars: p.bars,
+            decode: Decode::from_command(p.command),
             interrupt_line: 0,
-            msi,
-            msix,
+            msi: p.msi,
+            msix: p.msix,
             changes: Vec::new(),
-            rom,
-            rom_problem,
+            rom: p.rom,
+            rom_problem: p.rom_problem,
         }
     }
 

@@ -397,9 +397,8 @@ fn plan_windows(
 }
 
 impl Passthrough {
-    /// Installs an opened device whose BARs are placed; on failure it is closed again.
-    fn install(&mut self, opened: Opened) -> Result<Arc<Passed>, Error> {
-        let ranges = attach::bar_ranges(&opened.model);
+    /// What attach and detach work on: the wiring, the BAR ranges and the container.
+    fn parts(&mut self) -> (Wiring<'_>, &mut PciResources, &mut dyn Container) {
         let wiring = Wiring {
             vm: &self.vm,
             router: &self.router,
@@ -407,7 +406,14 @@ impl Passthrough {
             mapper: &self.mapper,
             devices: &self.devices,
         };
-        match attach::install(&wiring, self.container.as_mut(), opened) {
+        (wiring, &mut self.resources, self.container.as_mut())
+    }
+
+    /// Installs an opened device whose BARs are placed; on failure it is closed again.
+    fn install(&mut self, opened: Opened) -> Result<Arc<Passed>, Error> {
+        let ranges = attach::bar_ranges(&opened.model);
+        let (wiring, _, container) = self.parts();
+        match attach::install(&wiring, container, opened) {
             Ok(passed) => Ok(passed),
             Err((e, model)) => {
                 for (kind, addr, size) in ranges {
@@ -477,14 +483,8 @@ impl Passthrough {
     pub fn hot_remove(&mut self, slot: u8) -> Option<String> {
         let passed = self.find(|d| d.slot == slot)?;
         let name = passed.name.clone();
-        let wiring = Wiring {
-            vm: &self.vm,
-            router: &self.router,
-            root: &self.root,
-            mapper: &self.mapper,
-            devices: &self.devices,
-        };
-        let model = attach::uninstall(&wiring, &mut self.resources, passed);
+        let (wiring, resources, _) = self.parts();
+        let model = attach::uninstall(&wiring, resources, passed);
         if let Some(model) = model {
             self.container.release(model.into_backend());
         }
