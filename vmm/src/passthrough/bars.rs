@@ -323,34 +323,36 @@ impl BarMapper {
     }
 
     /// Takes every BAR of the device in PCI slot `slot` out: its KVM slots and bus entries
-    /// go, its peer-to-peer DMA mappings are unmapped (the background mapper done with them
-    /// first), and then its memory (the BAR mmaps) is dropped. After this nothing of the
-    /// device's BARs is reachable by the guest or by another device's DMA.
+    /// go, its peer-to-peer DMA mappings are unmapped for good (the background mapper can map
+    /// no chunk of them afterwards), and then its memory (the BAR mmaps) is dropped. After
+    /// this nothing of the device's BARs is reachable by the guest or by another device's DMA.
     pub(super) fn remove_device(&mut self, slot: u8) {
         let keys: Vec<(u8, u8)> = self.bars.keys().filter(|k| k.0 == slot).copied().collect();
         let mut removed = Vec::new();
+        let mut unmaps = Vec::new();
         for key in keys {
             let Some(mut bar) = self.bars.remove(&key) else {
                 continue;
             };
             for part in &mut bar.parts {
                 self.uninstall(part, bar.is_io);
-            }
-            let mut dmas = Dmas {
-                maps: self.maps.as_mut(),
-                worker: self.worker.as_ref(),
-                async_from: self.async_from,
-            };
-            for part in &mut bar.parts {
                 if let Part::Mapped { mem, dma, gen, .. } = part {
-                    dmas.unmap(dma, mem.len(), gen);
+                    // A map in the background sees the new generation and stops.
+                    gen.fetch_add(1, Ordering::Relaxed);
+                    if let Some(iova) = dma.take() {
+                        unmaps.push((iova, mem.len()));
+                    }
                 }
             }
             removed.push(bar);
         }
-        if let Some(worker) = &self.worker {
-            worker.flush();
+        let held = self.worker.as_ref().map(|w| w.hold());
+        for (iova, len) in unmaps {
+            if let Err(e) = self.maps.unmap_dma(iova, len) {
+                log::debug!("unmap of {len:#x} bytes of peer-to-peer DMA at {iova:#x}: {e}");
+            }
         }
+        drop(held);
         drop(removed);
     }
 
@@ -768,6 +770,52 @@ mod tests {
             .collect();
         assert_eq!(dma.len(), 4, "{dma:?}");
         assert_eq!(dma[2], Call::Map(a + 2 * PAGE, 2 * PAGE));
+    }
+
+    #[test]
+    fn a_removed_device_leaves_no_slot_bus_entry_or_dma_mapping() {
+        let fake = Fake::default();
+        let (mut m, _pio, mmio) = mapper(&fake);
+        let trap = Part::Trapped {
+            offset: PAGE,
+            len: PAGE,
+            handler: Arc::new(Mutex::new(Nothing)),
+            base: None,
+            name: "d BAR0".into(),
+        };
+        let parts = vec![Part::mapped(0, mem(PAGE as usize), true), trap];
+        m.insert(1, 0, false, "d BAR0".into(), parts);
+        m.insert(
+            2,
+            0,
+            false,
+            "e BAR0".into(),
+            vec![Part::mapped(0, mem(PAGE as usize), true)],
+        );
+        m.apply(1, &mv(0, 0, 0xc000_0000, 2 * PAGE));
+        m.apply(2, &mv(0, 0, 0xc001_0000, PAGE));
+        fake.take();
+        m.remove_device(1);
+        assert_eq!(
+            fake.take(),
+            vec![Call::Remove(16), Call::Unmap(0xc000_0000, PAGE)],
+            "slot and DMA mapping gone, the other device's untouched"
+        );
+        let mut data = [0u8; 4];
+        assert!(
+            !mmio.read(0xc000_1000, &mut data),
+            "the trapped page is off the bus"
+        );
+        m.apply(1, &mv(0, 0, 0xc000_0000, 2 * PAGE));
+        assert!(
+            fake.take().is_empty(),
+            "a stale move of the removed device does nothing"
+        );
+        m.remove_device(2);
+        assert_eq!(
+            fake.take(),
+            vec![Call::Remove(17), Call::Unmap(0xc001_0000, PAGE)]
+        );
     }
 
     #[test]

@@ -60,14 +60,14 @@ pub(super) enum Job {
         /// Bytes.
         len: u64,
     },
-    /// Say so once every job queued before this one is done.
-    Barrier(Sender<()>),
 }
 
 /// The background thread and its queue.
 pub(super) struct DmaWorker {
     tx: Option<Sender<Job>>,
     stop: Arc<AtomicBool>,
+    /// Held by the thread while it maps one chunk (see [`DmaWorker::hold`]).
+    chunk: Arc<std::sync::Mutex<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,6 +78,8 @@ impl DmaWorker {
         let (tx, rx) = channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let chunk_lock = Arc::new(std::sync::Mutex::new(()));
+        let held = chunk_lock.clone();
         let thread = std::thread::Builder::new()
             .name("p2p".into())
             .spawn(move || {
@@ -86,11 +88,12 @@ impl DmaWorker {
                     log::error!("{e}; peer-to-peer DMA mappings of large BARs are not made");
                     return;
                 }
-                run(dma, rx, &flag, chunk);
+                run(dma, rx, &flag, &held, chunk);
             })?;
         Ok(Self {
             tx: Some(tx),
             stop,
+            chunk: chunk_lock,
             thread: Some(thread),
         })
     }
@@ -103,12 +106,11 @@ impl DmaWorker {
         }
     }
 
-    /// Waits until every job queued so far is done (before the memory of unmapped parts
-    /// goes); returns at once when the worker is gone.
-    pub fn flush(&self) {
-        let (tx, rx) = channel();
-        self.send(Job::Barrier(tx));
-        let _ = rx.recv();
+    /// Waits until no chunk is being mapped and keeps it so while the guard lives: a part
+    /// whose generation was bumped before is then never mapped again, so it can be unmapped
+    /// for good (a device leaving the guest).
+    pub fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.chunk.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -138,7 +140,13 @@ fn lower_priority() {
 }
 
 /// The thread's loop: jobs in order until the queue closes or `stop` is set.
-fn run(mut dma: Box<dyn DmaMaps>, rx: Receiver<Job>, stop: &AtomicBool, chunk: u64) {
+fn run(
+    mut dma: Box<dyn DmaMaps>,
+    rx: Receiver<Job>,
+    stop: &AtomicBool,
+    held: &std::sync::Mutex<()>,
+    chunk: u64,
+) {
     while let Ok(job) = rx.recv() {
         if stop.load(Ordering::Relaxed) {
             return;
@@ -156,7 +164,7 @@ fn run(mut dma: Box<dyn DmaMaps>, rx: Receiver<Job>, stop: &AtomicBool, chunk: u
                 &name,
                 (iova, len, host),
                 (&gen, want),
-                stop,
+                (stop, held),
                 chunk,
             ),
             Job::Unmap { iova, len } => {
@@ -165,25 +173,25 @@ fn run(mut dma: Box<dyn DmaMaps>, rx: Receiver<Job>, stop: &AtomicBool, chunk: u
                     log::debug!("p2p: unmap of {len:#x} bytes at {iova:#x}: {e}");
                 }
             }
-            Job::Barrier(done) => {
-                let _ = done.send(());
-            }
         }
     }
 }
 
 /// Maps `(iova, len, host)` chunk by chunk while `gen` stays at `want` and nothing stops it.
+/// Each chunk is looked at and mapped under `held`, so that whoever bumps `gen` and then takes
+/// `held` knows no chunk of the part gets mapped afterwards.
 fn map(
     dma: &mut dyn DmaMaps,
     name: &str,
     (iova, len, host): (u64, u64, u64),
     (gen, want): (&AtomicU64, u64),
-    stop: &AtomicBool,
+    (stop, held): (&AtomicBool, &std::sync::Mutex<()>),
     chunk: u64,
 ) {
     let started = std::time::Instant::now();
     let (mut done, mut tries) = (0, 0);
     while done < len {
+        let guard = held.lock().unwrap_or_else(|e| e.into_inner());
         if stop.load(Ordering::Relaxed) || gen.load(Ordering::Relaxed) != want {
             log::debug!(
                 "{name}: peer-to-peer DMA map at {iova:#x} superseded after {done:#x} bytes"
@@ -191,7 +199,9 @@ fn map(
             return;
         }
         let n = (len - done).min(chunk);
-        match dma.map_dma(iova + done, n, host + done) {
+        let mapped = dma.map_dma(iova + done, n, host + done);
+        drop(guard);
+        match mapped {
             Ok(()) => {
                 done += n;
                 tries = 0;
@@ -384,5 +394,50 @@ mod tests {
         drop(w);
         let n = fake.calls.lock().unwrap().len();
         assert!(n < 10, "stopped at the next chunk, not after 262144: {n}");
+    }
+
+    /// Maps that take a moment each, counted.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<std::sync::atomic::AtomicU64>);
+
+    impl DmaMaps for Counting {
+        fn map_dma(&mut self, _iova: u64, _len: u64, _host: u64) -> Result<(), String> {
+            std::thread::sleep(Duration::from_millis(2));
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        fn unmap_dma(&mut self, _iova: u64, _len: u64) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_part_whose_generation_moved_is_not_mapped_once_the_worker_is_held() {
+        let maps = Counting::default();
+        let count = maps.0.clone();
+        let worker = DmaWorker::start(Box::new(maps), 0x1000, false).unwrap();
+        let gen = Arc::new(AtomicU64::new(1));
+        worker.send(Job::Map {
+            name: "big".into(),
+            iova: 0,
+            len: 0x1000 * 1000,
+            host: 0,
+            gen: gen.clone(),
+            want: 1,
+        });
+        while count.load(Ordering::Relaxed) < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gen.fetch_add(1, Ordering::Relaxed);
+        let held = worker.hold();
+        let at_hold = count.load(Ordering::Relaxed);
+        drop(held);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            at_hold,
+            "no chunk after the hold"
+        );
+        assert!(at_hold < 1000);
     }
 }
