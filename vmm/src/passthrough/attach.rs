@@ -8,8 +8,9 @@
 //! guest see it) -> the list config writes sync interrupts for.
 //!
 //! Detach, the same backwards: off the list -> off the bus -> BARs out (KVM slots, bus
-//! entries, peer-to-peer DMA mappings, mmaps) -> interrupts off and unwired -> reset -> BAR
-//! ranges freed -> closed (its IOMMU group leaves the container with its last device).
+//! entries, peer-to-peer DMA mappings, mmaps) -> interrupts off and unwired -> BAR ranges
+//! freed -> closed, which resets it (vfio-pci resets a device with a reset method on its last
+//! close) and takes its IOMMU group out of the container with the group's last device.
 //!
 //! The host side is behind [`Container`] and the VM side behind [`VmOps`]: tests run the
 //! steps against fakes. This module never decides *when* a device comes or goes (the builder
@@ -357,11 +358,9 @@ pub(super) fn uninstall(
     lock(w.root).remove_device(passed.slot);
     lock(w.mapper).remove_device(passed.slot);
     {
+        // The reset comes when the caller closes the device (vfio-pci resets on close).
         let model = lock(&passed.model);
         lock(&passed.irqs).teardown(&**model.backend());
-        if model.backend().can_reset() && !model.backend().reset() {
-            log::warn!("{}: reset after removal failed", passed.name);
-        }
     }
     for &(kind, addr, size) in &passed.bars {
         resources.free(kind, addr, size);
