@@ -3,10 +3,10 @@
 //! [`run`] moves `managed=on` devices to vfio-pci ([`managed`]), builds the VM
 //! ([`builder`]), starts one thread per vCPU ([`vcpu`]) and waits on the main thread's event
 //! loop (console input, the guest's exit request, `--timeout`, every terminating signal
-//! ([`signals`])) for the reason the guest stopped, which becomes the process exit status.
-//! Every way out tears down in one order: vCPUs stopped, device interrupts off and devices
-//! reset, every VM and VFIO file closed, managed devices back on their drivers, terminal
-//! restored.
+//! ([`signals`]), the control API's actions ([`api`], [`control`], [`hotplug`])) for the
+//! reason the guest stopped, which becomes the process exit status. Every way out tears down
+//! in one order: vCPUs stopped, device interrupts off, every VM and VFIO file closed (vfio-pci
+//! resets the devices), managed devices back on their drivers, terminal restored.
 
 pub mod api;
 pub mod builder;
