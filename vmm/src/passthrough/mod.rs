@@ -27,7 +27,7 @@ use kvm_ioctls::VmFd;
 use pci::{BarKind, PciConfigIo, PciConfigMmio, PciDevice, PciResources, PciRoot, PciWindows};
 use resources::layout::PCI_ECAM_START;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use vfio::backend::INTX_IRQ;
 use vfio::host::{HostDevice, VfioHost};
@@ -421,8 +421,9 @@ fn read_romfiles(devices: &[DeviceConfig]) -> Result<Vec<RomSource>, Error> {
         .collect()
 }
 
-/// A ROM image file's bytes, or why it cannot be one.
-pub(crate) fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
+/// A ROM image file's bytes, or why it cannot be one (the reason of [`Error::RomFile`], and of
+/// `vmm check`'s ROM line).
+pub fn read_romfile(path: &Path) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
     if meta.is_dir() {
         return Err("is a directory".into());
