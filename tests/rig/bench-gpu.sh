@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU-class benchmark, vmm against QEMU's vfio-pci in the same L1 (l1-gpu.sh gpu-bench-N):
+# GPU-class benchmark, vmm against QEMU's vfio-pci in the same L1 (l1/gpu.sh gpu-bench-N):
 #   tests/rig/bench-gpu.sh [ROUNDS]
 # Runs `run.sh gpu-bench-ROUNDS` (progress on stderr; L0 gets 8 GiB unless RIG_L0_MEM says
 # otherwise, so that L1 can hold a 4 GiB hugepage pool) and writes markdown tables to stdout
@@ -7,7 +7,8 @@
 # (all RAM pinned and DMA-mapped), vmm with and without hugepages (bzImage, and PVH with
 # hugepages) against QEMU with and without -mem-path hugepages; and the time to read the edu's
 # 32 KiB expansion ROM through sysfs in the guest, vmm against QEMU.
-# Every run is kept: the raw RIG lines go to tests/rig/out/bench-gpu-<date>.log.
+# Every run is kept: the raw RIG lines go to tests/rig/out/bench-gpu-<date>.log. Exits 1 when
+# run.sh failed or any measured run failed (shown as "fail"; its RIG-ROW line says why).
 set -euo pipefail
 
 RIG=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,17 +19,21 @@ raw=$RIG/out/bench-gpu-$(date -u +%Y%m%dT%H%M%SZ).log
 rc=0
 RIG_L0_MEM=${RIG_L0_MEM:-8G} "$RIG/run.sh" "gpu-bench-$ROUNDS" | tee "$raw" >&2 || rc=$?
 
-awk "$(cat "$RIG/bench.awk")"'
+awk -v raw="$raw" "$(cat "$RIG/bench.awk")"'
 function r(a, b) { return (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
 function keep(k, a, b) { if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) { q[k, ++nq[k]] = a / b } }
 function med(k,    i, arr, m) { for (i = 1; i <= nq[k]; i++) arr[i] = q[k, i]; m = median(arr, nq[k]); return m == "n/a" ? m : sprintf("%.2f", m) }
-/^RIG-ATTEMPT/ { delete t; delete rom; delete nq; delete q; rounds = 0 }
-/^RIG-GPU-BENCH / {
-    rd = val($0, "round"); if (rd == 0) next
-    t[rd, val($0, "tool"), val($0, "mem"), val($0, "huge")] = val($0, "init_ms")
+/^RIG-ATTEMPT/ { delete t; delete rom; delete nq; delete q; rounds = 0; failed = 0 }
+row($0, "boot") {
+    rd = val($0, "round")
+    t[rd, val($0, "tool"), val($0, "mem"), val($0, "huge")] = ran($0) ? val($0, "init_ms") : "fail"
     if (rd > rounds) rounds = rd
 }
-/^RIG-GPU-BENCH-ROM/ { rom[val($0, "round"), val($0, "tool")] = val($0, "read_us") }
+row($0, "rom") {
+    ok = ran($0)
+    if (ok && val($0, "present") != "1") { ok = 0; failed++ }
+    rom[val($0, "round"), val($0, "tool")] = ok ? val($0, "read_us") : "fail"
+}
 END {
     print "Boot to guest init with the NVMe passed through (ms; all guest RAM pinned and DMA-mapped; huge = 2 MiB"
     print "hugepages: vmm `--memory SIZE,hugepages=on`, QEMU `-mem-path` on hugetlbfs; pvh = vmm on the same kernel"
@@ -58,6 +63,8 @@ END {
         printf "| %d | %s | %s | %s |\n", rd, rom[rd, "vmm"], rom[rd, "qemu"], r(rom[rd, "vmm"], rom[rd, "qemu"])
     }
     printf "\nMedian vmm / qemu: %s.\n", med("rom")
-}' "$raw"
+    if (failed) printf "\n%d run(s) failed: see their RIG-ROW lines (%s).\n", failed, raw
+    exit (failed > 0)
+}' "$raw" || rc=1
 echo "raw: $raw" >&2
 exit "$rc"

@@ -91,7 +91,9 @@ install_modules() {
     fi
 }
 
-# The GPU-class scenarios' files (l0-gpu.sh: ROM images, l1-gpu.sh, l2-gpu.sh, gpu_p2p.ko).
+# The GPU-class scenarios' files (l0-gpu.sh: ROM images, l2-gpu.sh, gpu_p2p.ko; their L1 side,
+# l1/gpu.sh, goes in with the other families).
+# shellcheck source=tests/rig/l0-gpu.sh
 . "$RIG/l0-gpu.sh"
 
 # --- the guest test module (tests/guest), built against the L2 kernel's headers ---

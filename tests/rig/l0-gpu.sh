@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# L0 side of the GPU-class scenarios (gpu-*, l1-gpu.sh), sourced by run.sh. Only when a gpu-*
-# scenario is requested does L0 get these devices (the PCI layout the other scenarios see is
-# unchanged):
+# shellcheck disable=SC2034 # GPU_L0_ARGS, GPU_L1_APPEND: read by run.sh
+# L0 side of the GPU-class scenarios (gpu-*, l1/gpu.sh), sourced by run.sh and build.sh. Only
+# when a gpu-* scenario is requested does L0 get these devices (the PCI layout the other
+# scenarios see is unchanged):
 #   00:10.0 ivshmem-plain, BAR2 128 GiB (memory-backend-file on a sparse file)
 #   00:11.0 ivshmem-plain, BAR2 8 GiB
 #   00:12.0 edu with a 32 KiB expansion ROM (romfile=) and dma_mask=all ones (its DMA reaches
@@ -12,8 +13,9 @@
 # gpu_l0_prepare SCENARIOS: sets GPU_L0_ARGS (QEMU arguments) and GPU_L1_APPEND (L1 kernel
 # arguments: the ROM checksum) when SCENARIOS has a gpu-* one; writes known values into the
 # backing files at the start, middle and end of each BAR.
-# gpu_l0_report: after L0 ended, prints RIG-GPU-FILE lines with what the guests wrote into the
-# backing files (at a quarter of each BAR).
+# gpu_l0_report SCENARIOS: after L0 ended, what the guests wrote into the backing files (at a
+# quarter of each BAR) as rows of table gpu-file of the harness's own pseudo-scenario l0:
+#   RIG-ROW scenario=l0 table=gpu-file gib=G quarter=0x... start=0x...
 
 GPU_L0_ARGS=()
 GPU_L1_APPEND=
@@ -22,6 +24,7 @@ GPU_L1_APPEND=
 # 2 (end); the guest writes 0x7e5700NN at a quarter. Little-endian, 4 bytes.
 gpu_put32() { # FILE OFFSET VALUE
     local v=$3
+    # shellcheck disable=SC2059 # the bytes as octal escapes, made on purpose
     printf "\\$(printf %03o $((v & 255)))\\$(printf %03o $((v >> 8 & 255)))\\$(printf %03o $((v >> 16 & 255)))\\$(printf %03o $((v >> 24 & 255)))" |
         dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
@@ -51,12 +54,12 @@ gpu_l0_prepare() {
     GPU_L0_ARGS=(
         -global q35-pcihost.pci-hole64-size=512G
         -object "memory-backend-file,id=gpu128,size=128G,mem-path=$out/gpu-128g.img,share=on"
-        -device ivshmem-plain,memdev=gpu128,addr=0x10
+        -device "ivshmem-plain,memdev=gpu128,addr=0x10"
         -object "memory-backend-file,id=gpu8,size=8G,mem-path=$out/gpu-8g.img,share=on"
-        -device ivshmem-plain,memdev=gpu8,addr=0x11
+        -device "ivshmem-plain,memdev=gpu8,addr=0x11"
         -device "edu,addr=0x12,dma_mask=0xffffffffffffffff,romfile=$out/gpu-rom-dev.bin"
         -object "memory-backend-file,id=gpup2p,size=2M,mem-path=$out/gpu-p2p.img,share=on"
-        -device ivshmem-plain,memdev=gpup2p,addr=0x13
+        -device "ivshmem-plain,memdev=gpup2p,addr=0x13"
     )
     GPU_L1_APPEND="rig.gpu_rom_sum=$(sha256sum "$out/gpu-rom-dev.bin" | cut -d' ' -f1)"
 }
@@ -66,7 +69,7 @@ gpu_l0_report() {
     local gib f
     for gib in 128 8; do
         f=$OUT/gpu-${gib}g.img
-        echo "RIG-GPU-FILE gib=$gib quarter=0x$(gpu_get32 "$f" $(((gib << 30) / 4))) start=0x$(gpu_get32 "$f" 0)"
+        echo "RIG-ROW scenario=l0 table=gpu-file gib=$gib quarter=0x$(gpu_get32 "$f" $(((gib << 30) / 4))) start=0x$(gpu_get32 "$f" 0)"
     done
 }
 
@@ -74,7 +77,9 @@ gpu_l0_report() {
 # sysfs (RIG.md): 55 AA, the length in 512-byte units, a retf at the init entry (firmware that
 # runs it returns at once), a PCIR structure (vendor 1af4 device ffff: no firmware takes it for
 # the device's own) whose image length covers it and whose indicator marks the last image,
-# random bytes elsewhere, and a checksum byte making the sum 0.
+# random bytes elsewhere, and a checksum byte making the sum 0. (The printf formats hold
+# octal escapes made from the numbers on purpose.)
+# shellcheck disable=SC2059
 gpu_make_rom() {
     local f=$1 kib=$2 units tmp=$1.tmp sum
     units=$((kib * 2))
@@ -95,11 +100,11 @@ gpu_l2_tree() {
     install -m 0644 "$2/gpu_p2p.ko" "$1/lib/modules/rig/"
 }
 
-# gpu_l1_tree TREE (build.sh): the L1 scenarios and the ROM images (made once: L0's edu gets
-# gpu-rom-dev.bin, vmm's romfile= test serves gpu-rom-file.bin).
+# gpu_l1_tree TREE (build.sh): the ROM images (made once: L0's edu gets gpu-rom-dev.bin, vmm's
+# romfile= test serves gpu-rom-file.bin, in L1 at /gpu/rom-file.bin). The scenarios are in
+# l1/gpu.sh, which build.sh installs with the others.
 gpu_l1_tree() {
     [ -s "$OUT/gpu-rom-dev.bin" ] || gpu_make_rom "$OUT/gpu-rom-dev.bin" 32
     [ -s "$OUT/gpu-rom-file.bin" ] || gpu_make_rom "$OUT/gpu-rom-file.bin" 48
-    install -m 0644 "$RIG/l1-gpu.sh" "$1/l1-gpu.sh"
     install -D -m 0644 "$OUT/gpu-rom-file.bin" "$1/gpu/rom-file.bin"
 }

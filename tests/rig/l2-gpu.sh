@@ -1,6 +1,6 @@
 # shellcheck shell=sh
-# L2 side of the GPU-class scenarios (l1-gpu.sh), sourced by l2-init for rig.action=gpu-*.
-# Prints its findings as lines l1-gpu.sh picks up, then powers off (or holds).
+# L2 side of the GPU-class scenarios (l1/gpu.sh), sourced by l2-init for rig.action=gpu-*.
+# Prints its findings as lines l1/gpu.sh picks up, then powers off (or holds).
 
 # ns: CLOCK_MONOTONIC in nanoseconds (the "now at" line of /proc/timer_list).
 gpu_ns() {
@@ -19,6 +19,7 @@ gpu_devices() {
 # /dev/mem, and a value written at a quarter and read back. One GPU-BAR line per device.
 gpu_bars() {
     for d in $(gpu_devices 0x1af4 0x1110); do
+        # shellcheck disable=SC2046 # start, end and flags of BAR2, split on purpose
         set -- $(sed -n 3p "$d/resource")
         base=$(($1)) size=$(($2 - $1 + 1))
         gib=$((size >> 30))

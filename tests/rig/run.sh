@@ -45,6 +45,7 @@ if [ ! -s "$OUT/nvme.img" ] || [ "$(head -c 4096 "$OUT/nvme.img" | tr -d '\0' | 
 fi
 NVME_SUM=$(sha256sum "$OUT/nvme.img" | cut -d' ' -f1)
 # GPU-class scenarios (gpu-*): their L0 devices, only when one of them runs (l0-gpu.sh).
+# shellcheck source=tests/rig/l0-gpu.sh
 . "$RIG/l0-gpu.sh"
 gpu_l0_prepare "$SCENARIOS"
 
@@ -82,7 +83,7 @@ budget_for() {
 }
 
 # RIG lines worth showing on stdout (L2 console and kernel noise stay in the log).
-SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|ROW|TEXT|RESULT|DONE|GPU)'
+SHOW='^RIG-(L1-INIT|L1-INFO|L1-ERROR|SCENARIO|ROW|TEXT|RESULT|DONE)'
 # RIG_SHOW_ALL=1 (tests/rig/demo): the whole console, L2 guest included.
 [ "${RIG_SHOW_ALL:-0}" = 1 ] && SHOW=.
 

@@ -32,12 +32,8 @@ check_scenario() {
 # check_report DEV: vmm check for DEV, as text and as JSON.
 check_report() {
     fact group "$(group_of "$1")"
-    vmm check --memory 512M --device "vfio-pci,host=$1" </dev/null >/tmp/check.txt 2>&1
-    fact status $?
-    texts line </tmp/check.txt
-    vmm check --json --memory 512M --device "vfio-pci,host=$1" </dev/null >/tmp/check.json 2>&1
-    fact json_status $?
-    texts json </tmp/check.json
+    vmm_check status line --memory 512M --device "vfio-pci,host=$1"
+    vmm_check json_status json --json --memory 512M --device "vfio-pci,host=$1"
     fact ecap "$(cat /sys/class/iommu/*/intel-iommu/ecap 2>/dev/null | tr '\n' ',')"
     fact ir_domains "$(grep -o 'IR-[A-Za-z-]*' /proc/interrupts | sort -u | tr '\n' ',')"
 }

@@ -250,6 +250,16 @@ stop_bg() {
     STOP_MS=$(($(ms_now) - stop_t0))
 }
 
+# vmm_check STATUS_KEY TEXTS_KEY ARGS...: `vmm check ARGS` (stdin /dev/null): its exit status
+# as fact STATUS_KEY, every line it printed (the report, or a refusal) as texts TEXTS_KEY.
+vmm_check() {
+    vc_status=$1 vc_key=$2
+    shift 2
+    vmm check "$@" </dev/null >/tmp/check.txt 2>&1
+    fact "$vc_status" $?
+    texts "$vc_key" </tmp/check.txt
+}
+
 # --- L1 state ---
 
 # bind_vfio DEV...: binds each device (full address) to vfio-pci, from whatever it had.

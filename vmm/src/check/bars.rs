@@ -230,10 +230,12 @@ fn rom_check(dev: &SysBars, cfg: Option<&DeviceConfig>) -> Check {
     };
     match cfg {
         Some(c) if !c.rombar => Check::pass(NAME, format!("{own}; hidden (rombar=off)")),
-        Some(DeviceConfig {
-            romfile: Some(path),
-            ..
-        }) => match crate::passthrough::read_romfile(path) {
+        Some(
+            c @ DeviceConfig {
+                romfile: Some(path),
+                ..
+            },
+        ) => match crate::passthrough::read_romfile(path) {
             Ok(bytes) => Check::pass(
                 NAME,
                 format!(
@@ -242,11 +244,15 @@ fn rom_check(dev: &SysBars, cfg: Option<&DeviceConfig>) -> Check {
                     format_size(bytes.len() as u64)
                 ),
             ),
-            Err(reason) => Check::fail(
-                NAME,
-                format!("romfile '{}': {reason}", path.display()),
-                "give a readable ROM image of 1 byte to 2 GiB (e.g. a VBIOS dump) or drop romfile=",
-            ),
+            Err(reason) => {
+                let e = crate::passthrough::Error::RomFile {
+                    device: c.spec(),
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let diag::Advice { problem, fix } = diag::Explain::advice(&e);
+                Check::fail(NAME, problem, fix)
+            }
         },
         _ => Check::pass(NAME, own),
     }
@@ -390,7 +396,8 @@ mod tests {
         let line = rom_check(&dev, Some(&missing)).line();
         assert!(
             line.starts_with(
-                "FAIL  expansion ROM: romfile '/nonexistent/vbios.rom': cannot read it: "
+                "FAIL  expansion ROM: romfile '/nonexistent/vbios.rom' of --device 0000:00:12.0: \
+                 cannot read it: "
             ),
             "{line}"
         );

@@ -25,7 +25,7 @@ use crate::interrupts::IrqRouter;
 use crate::vm_ops::VmOps;
 use arch::GuestMemoryMmap;
 use pci::{BarKind, PciDevice, PciResources, PciRoot};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vfio::backend::INTX_IRQ;
@@ -195,8 +195,9 @@ pub(super) fn rom_source(cfg: &DeviceConfig) -> Result<RomSource, Error> {
     }
 }
 
-/// A ROM image file's bytes, or why it cannot be one.
-pub(crate) fn read_romfile(path: &PathBuf) -> Result<Vec<u8>, String> {
+/// A ROM image file's bytes, or why it cannot be one (the reason of [`Error::RomFile`], and of
+/// `vmm check`'s ROM line).
+pub fn read_romfile(path: &Path) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
     if meta.is_dir() {
         return Err("is a directory".into());

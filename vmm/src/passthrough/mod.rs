@@ -31,7 +31,7 @@ mod dma;
 mod irqs;
 mod p2p;
 
-pub(crate) use attach::read_romfile;
+pub use attach::read_romfile;
 pub use dma::progress_text;
 
 use crate::config::{format_size, DeviceConfig};
