@@ -77,5 +77,5 @@ gpu_action() {
             while :; do sleep 1; done
             ;;
     esac
-    poweroff -f
+    off
 }
