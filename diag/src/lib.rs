@@ -27,6 +27,19 @@ pub fn path(p: &std::path::Path) -> String {
     }
 }
 
+/// A size as text in the largest binary unit it reaches: `512 MiB`, `64 KiB`, and one
+/// decimal when not a whole number of them (`1.5 GiB`).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
+    match UNITS.iter().find(|(shift, _)| bytes >= 1 << shift) {
+        Some((shift, unit)) if bytes.is_multiple_of(1 << shift) => {
+            format!("{} {unit}", bytes >> shift)
+        }
+        Some((shift, unit)) => format!("{:.1} {unit}", bytes as f64 / (1u64 << shift) as f64),
+        None => format!("{bytes} bytes"),
+    }
+}
+
 /// What went wrong and what to do about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Advice {

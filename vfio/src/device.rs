@@ -62,6 +62,11 @@ pub enum RomSource {
 /// Bytes read from the ROM region per backend read.
 const ROM_READ_CHUNK: u64 = 64 << 10;
 
+/// The largest ROM vmm holds in memory, the device's own or a `romfile=`: 16 MiB, the most the
+/// PCI spec lets an expansion ROM decode and far above any GPU's option ROM (they are well under
+/// 1 MiB). A larger ROM BAR (its register can decode up to 2 GiB) is hidden with the reason.
+pub const MAX_ROM: u64 = 16 << 20;
+
 diag::wrap!(Error: Bars(pci::Error), Msix(crate::msix::Error));
 
 impl diag::Explain for Error {
@@ -368,10 +373,19 @@ fn load_rom<B: VfioBackend>(
     Ok((Some(padded), None))
 }
 
-/// The first `size` bytes of the ROM region (fewer when the region is smaller).
+/// The first `size` bytes of the ROM region (fewer when the region is smaller); refused
+/// above [`MAX_ROM`].
 fn read_rom<B: VfioBackend>(backend: &B, size: u64) -> std::io::Result<Vec<u8>> {
     let region = backend.region(ROM_REGION).map_or(0, |r| r.size);
     let len = size.min(region);
+    if len > MAX_ROM {
+        return Err(std::io::Error::other(format!(
+            "its ROM BAR of {} is larger than the {} vmm reads; give romfile= with the image, \
+             or rombar=off",
+            diag::format_size(len),
+            diag::format_size(MAX_ROM)
+        )));
+    }
     let mut image = vec![0u8; len as usize];
     for (i, chunk) in image.chunks_mut(ROM_READ_CHUNK as usize).enumerate() {
         backend.read(ROM_REGION, i as u64 * ROM_READ_CHUNK, chunk)?;

@@ -23,7 +23,7 @@ pub use backend::{
     ROM_REGION,
 };
 pub use bars::{Segment, SegmentKind, PAGE_SIZE};
-pub use device::{Error, InterruptChange, RomSource, VfioPciDevice};
+pub use device::{Error, InterruptChange, RomSource, VfioPciDevice, MAX_ROM};
 pub use msi::MsiState;
 pub use msix::{MsixEntry, MsixState};
 pub use sysfs::{GroupMember, Sysfs, SysfsDevice};

@@ -334,6 +334,31 @@ fn rom_sources() {
 }
 
 #[test]
+fn rom_larger_than_vmm_reads_is_hidden_without_reading_it() {
+    // The ROM BAR register decodes up to 2 GiB; vmm holds at most MAX_ROM in memory.
+    let fake = nvme_like();
+    fake.set_region(ROM_REGION, region_info(2 << 30, false));
+    fake.set_unreadable(ROM_REGION);
+    let mut dev = VfioPciDevice::new(fake).unwrap();
+    assert!(dev.rom_image().is_none());
+    let problem = dev.rom_problem().unwrap();
+    assert!(
+        problem.contains("ROM BAR of 2 GiB is larger than the 16 MiB vmm reads")
+            && problem.contains("romfile="),
+        "{problem}"
+    );
+    assert_eq!(dev.read_config_register(12), 0);
+    // At the limit it is read.
+    let fake = nvme_like();
+    fake.set_region(ROM_REGION, region_info(crate::MAX_ROM, false));
+    let dev = VfioPciDevice::new(fake).unwrap();
+    assert_eq!(
+        dev.rom_image().map(<[u8]>::len),
+        Some(crate::MAX_ROM as usize)
+    );
+}
+
+#[test]
 fn unreadable_rom_is_hidden_with_the_reason() {
     let fake = nvme_like();
     fake.set_unreadable(ROM_REGION);

@@ -31,9 +31,6 @@ use std::time::{Duration, Instant};
 use vfio::backend::INTX_IRQ;
 use vfio::{DeviceOps, RomSource, SegmentKind, Sysfs, SysfsDevice};
 
-/// Largest `romfile=`: a ROM BAR decodes at most 2 GiB.
-const MAX_ROMFILE: u64 = 1 << 31;
-
 /// The host side of passthrough: finding devices, the one VFIO container they are opened
 /// into, and guest RAM mapped in it for their DMA.
 pub(super) trait Container: Send {
@@ -202,10 +199,11 @@ pub fn read_romfile(path: &Path) -> Result<Vec<u8>, String> {
     if meta.is_dir() {
         return Err("is a directory".into());
     }
-    if meta.len() > MAX_ROMFILE {
+    if meta.len() > vfio::MAX_ROM {
         return Err(format!(
-            "{} is larger than a ROM BAR",
-            format_size(meta.len())
+            "{} is larger than the {} a ROM may have",
+            format_size(meta.len()),
+            format_size(vfio::MAX_ROM)
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
