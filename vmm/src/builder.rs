@@ -19,7 +19,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::Elf;
 use linux_loader::loader::KernelLoader;
@@ -259,15 +259,7 @@ pub fn build(
         mmio: mmio.clone(),
         exits: exits.clone(),
     };
-    let vcpus = create_vcpus(
-        &cpuid.guest,
-        &vm,
-        cfg.cpus,
-        entry,
-        routes,
-        &exit,
-        cfg.seccomp,
-    )?;
+    let vcpus = create_vcpus(&cpuid, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
     log::debug!("{} vCPUs ready", vcpus.len());
     Ok(Vm {
         exit,
@@ -529,10 +521,12 @@ fn load_initrd(
     Ok((initrd.addr, initrd.size))
 }
 
-/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
+/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it; and what KVM
+/// emulates beyond its supported CPUID.
 struct GuestCpuid {
     supported: CpuId,
     guest: CpuId,
+    host: arch::cpuid::HostFeatures,
 }
 
 /// The CPUID vCPUs start from and the guest's physical address width.
@@ -550,11 +544,21 @@ fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
         }
         None => max,
     };
-    Ok((GuestCpuid { supported, guest }, bits))
+    let host = arch::cpuid::HostFeatures {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
+    Ok((
+        GuestCpuid {
+            supported,
+            guest,
+            host,
+        },
+        bits,
+    ))
 }
 
 fn create_vcpus(
-    supported: &CpuId,
+    cpuid: &GuestCpuid,
     vm: &VmFd,
     count: u8,
     entry: Entry,
@@ -567,9 +571,9 @@ fn create_vcpus(
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("create a vCPU"))?;
-            let mut cpuid = supported.clone();
-            arch::cpuid::adjust(&mut cpuid, index, count);
-            fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            let mut vcpu_cpuid = cpuid.guest.clone();
+            arch::cpuid::adjust(&mut vcpu_cpuid, index, count, cpuid.host);
+            fd.set_cpuid2(&vcpu_cpuid).map_err(kvm_err("set CPUID"))?;
             arch::regs::setup_msrs(&fd)?;
             arch::regs::setup_fpu(&fd)?;
             arch::regs::setup_lapic(&fd)?;
