@@ -189,6 +189,39 @@ pub struct Vm {
     pub hotplug: Option<crate::hotplug::Hotplug>,
     /// The `managed=on` devices moved to vfio-pci for the run.
     pub bindings: Arc<crate::managed::Bindings>,
+    /// Guest output on its way out (for the main loop and teardown).
+    pub output: Arc<Output>,
+}
+
+/// Guest output the VMM holds back: writes KVM queued (coalesced PIO) and what the UART keeps
+/// until a line is complete.
+pub struct Output {
+    /// The UART.
+    pub serial: GuestSerial,
+    /// KVM's ring of queued writes, when the host has coalesced PIO.
+    pub ring: Option<Arc<crate::coalesced::Ring>>,
+    /// Port I/O bus (where queued writes go).
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+}
+
+impl Output {
+    /// Applies queued writes, then writes out what the UART held back; nothing when stdout
+    /// would block: a reader that stopped reading must not stop the main loop or the
+    /// teardown, where signals and the exit are handled (the vCPU threads write their lines
+    /// themselves, as before).
+    pub fn pass_on(&self) {
+        if !crate::console::stdout_writable() {
+            return;
+        }
+        if let Some(ring) = &self.ring {
+            ring.drain(&self.pio, &self.mmio);
+        }
+        if let Ok(mut serial) = self.serial.lock() {
+            serial.pass_on_output();
+        }
+    }
 }
 
 /// Opens and judges what the guest boots, and checks `--memory` against the host, before
@@ -258,9 +291,17 @@ pub fn build(
         pio: pio.clone(),
         mmio: mmio.clone(),
         exits: exits.clone(),
+        ring: None,
     };
-    let vcpus = create_vcpus(&cpuid, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
+    let mut vcpus = create_vcpus(&cpuid, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
+    let ring = batch_console_writes(&kvm, &vm, &mut vcpus, &serial);
     log::debug!("{} vCPUs ready", vcpus.len());
+    let output = Arc::new(Output {
+        serial: serial.clone(),
+        ring,
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+    });
     Ok(Vm {
         exit,
         vcpus,
@@ -274,6 +315,7 @@ pub fn build(
         ged,
         hotplug,
         bindings,
+        output,
     })
 }
 
@@ -300,6 +342,35 @@ fn attach_ged(vm: &VmFd, mmio: &Bus) -> Result<Arc<Mutex<Ged>>, Error> {
     let ged = Arc::new(Mutex::new(Ged::new(irq)));
     mmio.insert_named("ged", ged.clone(), GED_START, GED_SIZE)?;
     Ok(ged)
+}
+
+/// Lets the UART's transmit register be coalesced PIO when the host's KVM has it: maps the
+/// ring KVM queues the writes in and gives it to every vCPU. Without it (or when mapping
+/// fails) each write simply exits.
+fn batch_console_writes(
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
+    vcpus: &mut [Vcpu],
+    serial: &GuestSerial,
+) -> Option<Arc<crate::coalesced::Ring>> {
+    if !kvm.check_extension(Cap::CoalescedPio) {
+        return None;
+    }
+    let ring = match crate::coalesced::Ring::map(&vcpus.first()?.fd) {
+        Ok(ring) => Arc::new(ring),
+        Err(e) => {
+            log::debug!("no coalesced PIO ring: {e}");
+            return None;
+        }
+    };
+    for vcpu in vcpus.iter_mut() {
+        vcpu.routes.ring = Some(ring.clone());
+    }
+    let batch = crate::coalesced::KvmThrBatch::new(vm.clone(), COM1_PORT);
+    if let Ok(mut serial) = serial.lock() {
+        serial.set_thr_batch(Box::new(batch));
+    }
+    Some(ring)
 }
 
 /// ACPI tables, with the PCI host bridge and MCFG.
