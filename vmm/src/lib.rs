@@ -244,6 +244,7 @@ fn run_vm(
     // On an early return `running` drops, which stops the vCPU threads.
     let running = vcpu::Running::start(vm.vcpus.drain(..).collect())
         .map_err(os_err("start a vCPU thread"))?;
+    log::debug!("vCPUs running");
     seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm)?;
     let reason = wait_for_exit(&mut vm, &running, cfg, events, api.as_ref());
     // The last answer (vm.shutdown's) goes out; later requests hear that vmm is going.
@@ -253,6 +254,7 @@ fn run_vm(
     // Teardown, in order: no vCPU runs, the devices are quiet, then every file goes.
     let released = running.stop(VCPU_STOP_PATIENCE);
     vm.output.pass_on();
+    log::debug!("teardown: vCPUs stopped ({reason:?})");
     let report = cfg.stats.map(|format| {
         let serial = vm.serial.lock().map_or(0, |s| s.interrupts());
         let injected = vec![("serial".to_string(), serial)];
@@ -261,8 +263,10 @@ fn run_vm(
     // A stuck vCPU may hold a device lock: quiescing would wait for it.
     if released {
         vm.passthrough.shutdown();
+        log::debug!("teardown: devices quiesced");
     }
     drop(vm);
+    log::debug!("teardown: VM and VFIO files closed (DMA mappings and pins released)");
     console::restore_terminal();
     if let Some(report) = report {
         use std::io::Write as _;
