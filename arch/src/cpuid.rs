@@ -1,5 +1,6 @@
 //! Per-vCPU CPUID: KVM's supported set with this vCPU's APIC ID and a topology of one
-//! socket, one thread per core, `count` cores.
+//! socket, one thread per core, `count` cores, plus the features KVM emulates but leaves out
+//! of that set for the VMM to turn on ([`HostFeatures`]).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -11,6 +12,7 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units.
 const CLFLUSH_64B: u32 = 8 << 8;
@@ -41,20 +43,32 @@ pub fn limit_phys_bits(cpuid: &mut CpuId, bits: u8) {
     }
 }
 
+/// What the host's KVM emulates without listing it in KVM_GET_SUPPORTED_CPUID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostFeatures {
+    /// The local APIC timer's TSC-deadline mode (KVM_CAP_TSC_DEADLINE_TIMER). Without it the
+    /// guest runs its APIC timer in one-shot mode and first calibrates it against another
+    /// clock, busy-waiting a tenth of a second of its boot.
+    pub tsc_deadline: bool,
+}
+
 /// Adjusts `cpuid` (KVM's supported entries) for vCPU `index` of `count`.
-pub fn adjust(cpuid: &mut CpuId, index: u8, count: u8) {
+pub fn adjust(cpuid: &mut CpuId, index: u8, count: u8, host: HostFeatures) {
     for e in cpuid.as_mut_slice() {
-        patch_entry(e, u32::from(index), count);
+        patch_entry(e, u32::from(index), count, host);
     }
 }
 
-fn patch_entry(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u8) {
+fn patch_entry(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u8, host: HostFeatures) {
     let count32 = u32::from(count);
     let shift = core_shift(count);
     match e.function {
         LEAF_FEATURES => {
             e.ebx = (apic_id << 24) | (count32 << 16) | CLFLUSH_64B;
             e.ecx |= ECX_HYPERVISOR;
+            if host.tsc_deadline {
+                e.ecx |= ECX_TSC_DEADLINE;
+            }
             if count > 1 {
                 e.edx |= EDX_HTT;
             } else {
@@ -133,7 +147,7 @@ mod tests {
     #[test]
     fn apic_id_and_counts() {
         let mut c = cpuid();
-        adjust(&mut c, 2, 3);
+        adjust(&mut c, 2, 3, HostFeatures::default());
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "initial APIC ID");
         assert_eq!((e[0].ebx >> 16) & 0xff, 3, "logical processors");
@@ -153,7 +167,7 @@ mod tests {
     fn single_cpu_has_no_htt() {
         let mut c = cpuid();
         c.as_mut_slice()[0].edx = EDX_HTT;
-        adjust(&mut c, 0, 1);
+        adjust(&mut c, 0, 1, HostFeatures::default());
         assert_eq!(c.as_slice()[0].edx & EDX_HTT, 0);
         assert_eq!(c.as_slice()[4].eax, 0);
     }
@@ -170,6 +184,19 @@ mod tests {
         assert_eq!(phys_bits(&c), 37, "never widened");
         let none = CpuId::from_entries(&[entry(LEAF_FEATURES, 0)]).unwrap();
         assert_eq!(phys_bits(&none), 36);
+    }
+
+    #[test]
+    fn tsc_deadline_only_when_kvm_emulates_it() {
+        let mut c = cpuid();
+        adjust(&mut c, 0, 2, HostFeatures::default());
+        assert_eq!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0);
+        let host = HostFeatures { tsc_deadline: true };
+        for index in 0..2 {
+            let mut c = cpuid();
+            adjust(&mut c, index, 2, host);
+            assert_ne!(c.as_slice()[0].ecx & ECX_TSC_DEADLINE, 0, "vCPU {index}");
+        }
     }
 
     #[test]

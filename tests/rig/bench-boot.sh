@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Boot-time benchmark, vmm against QEMU in the same L1: tests/rig/bench-boot.sh [ROUNDS]
-# Runs `run.sh bench-ROUNDS` (progress on stderr) and writes a markdown table to stdout, for
+# Boot-time benchmark, vmm against QEMU (and Cloud Hypervisor) in the same L1:
+#   [CH_BIN=/path/to/cloud-hypervisor] tests/rig/bench-boot.sh [ROUNDS]
+# Runs `run.sh bench-ROUNDS` (progress on stderr) and writes markdown tables to stdout, for
 # docs/PERFORMANCE.md. init_ms is the wall time inside L1 from just before the VMM process is
-# forked until the L2 guest's /init prints its first line (stamp.c); RSS excludes guest RAM.
-# Exits 1 when run.sh failed or any measured run failed (the table is still printed from
-# whatever rounds completed).
+# forked until the L2 guest's /init prints its first line (stamp.c); "up" is the guest
+# kernel's own uptime at that line; RSS excludes guest RAM. With CH_BIN, Cloud Hypervisor
+# (ch, on the ELF vmlinux) joins every round. RIG_L1_APPEND=rig.bench_tools=vmm-pvh+ch picks
+# the tools (see tests/rig/README.md).
+# Exits 1 when run.sh failed or any measured run failed (shown as "fail"; the tables are still
+# printed from whatever rounds completed).
 set -euo pipefail
 
 RIG=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -16,38 +20,87 @@ rc=0
 "$RIG/run.sh" "bench-$ROUNDS" | tee "$raw" >&2 || rc=$?
 
 # Only the rounds of the last attempt count (run.sh reruns everything after an L1 freeze).
-# A run that failed shows as "fail" and makes the status 1.
-awk -v kver="$(cat "$RIG/out/kver" 2>/dev/null || echo '?')" "$(cat "$RIG/bench.awk")"'
-function ratio(a, b, k) {
-    if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && b > 0) { r[k, ++nr[k]] = a / b; return sprintf("%.2f", a / b) }
-    return "n/a"
+awk -v kver="$(cat "$RIG/out/kver" 2>/dev/null || echo '?')" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    "$(cat "$RIG/bench.awk")"'
+# ratio of tools a and b in round i, kept for the median under key a "/" b
+function ratio(a, b, i,    k) {
+    k = a "/" b
+    if (!num(ms[i, a]) || !num(ms[i, b]) || ms[i, b] == 0) return "n/a"
+    rr[k, ++nr[k]] = ms[i, a] / ms[i, b]
+    return sprintf("%.2f", ms[i, a] / ms[i, b])
 }
-function med(k,    i, arr) { for (i = 1; i <= nr[k]; i++) arr[i] = r[k, i]; m = median(arr, nr[k]); return m == "n/a" ? m : sprintf("%.2f", m) }
-/^RIG-ATTEMPT/ { n = 0; delete nr; delete r; delete ms; delete rss; failed = 0 }
+function med(key, n, src,    i, arr, m) {
+    for (i = 1; i <= n; i++) arr[i] = src[key, i]
+    m = median(arr, n)
+    return m
+}
+/^RIG-ATTEMPT/ { n = 0; nt = 0; delete ms; delete up; delete rss; delete seen; delete tools; failed = 0 }
 row($0, "boot") {
     i = val($0, "round"); t = val($0, "tool")
-    ms[i, t] = ran($0) ? val($0, "init_ms") : "fail"
+    ok = ran($0)
+    ms[i, t] = ok ? val($0, "init_ms") : "fail"
+    up[i, t] = ok ? val($0, "up") : "fail"
     rss[i, t] = val($0, "rss_kb")
+    if (!(t in seen)) { seen[t] = 1; tools[++nt] = t }
     if (i > n) n = i
 }
 END {
-    print "Boot to L2 /init (wall ms inside L1, from fork to the first line of /init), Linux " kver
-    print "guest, 2 vCPUs, 512 MiB, same initramfs and command line; alternated runs after one warm-up."
-    print "bz = the bzImage; pvh = the same kernel as ELF vmlinux through its PVH entry."
-    print ""
-    print "| round | vmm bz | qemu bz | vmm pvh | qemu pvh | vmm bz / qemu bz | vmm pvh / qemu bz | vmm pvh / qemu pvh | vmm RSS KiB | qemu RSS KiB |"
-    print "|---|---|---|---|---|---|---|---|---|---|"
-    ns = 0
-    for (i = 1; i <= n; i++) {
-        v = ms[i, "vmm"]; q = ms[i, "qemu"]; vp = ms[i, "vmm-pvh"]; qp = ms[i, "qemu-pvh"]
-        vr = rss[i, "vmm-pvh"]
-        if (vr ~ /^[0-9]+$/) rs[++ns] = vr
-        printf "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", i, v, q, vp, qp,
-            ratio(v, q, "bz"), ratio(vp, q, "best"), ratio(vp, qp, "pvh"), vr, rss[i, "qemu"]
+    # Ratios reported when both tools ran: vmm on the vmlinux against each anchor.
+    np = 0
+    split("vmm-pvh/ch vmm-pvh/qemu vmm-pvh/qemu-pvh vmm/qemu vmm/ch vmm-pvh/vmm2-pvh vmm2-pvh/ch vmm/vmm2", cand, " ")
+    for (c = 1; c in cand; c++) {
+        split(cand[c], ab, "/")
+        if ((ab[1] in seen) && (ab[2] in seen)) pairs[++np] = cand[c]
     }
+    print "Boot to L2 /init (wall ms inside L1, from fork to the first line of /init), Linux " kver
+    print "guest, 2 vCPUs, 512 MiB, same initramfs and command line; alternated runs after one warm-up"
+    print "per VMM. vmm, qemu: the bzImage; -pvh and ch: the same kernel as ELF vmlinux (PVH entry)."
+    print "L0 load average at the end (1/5/15 min): " load "."
     print ""
-    printf "Medians: vmm bz / qemu bz %s; vmm pvh / qemu bz %s; vmm pvh / qemu pvh %s (%d rounds).\n", med("bz"), med("best"), med("pvh"), n
-    printf "Median vmm RSS outside guest RAM at guest init: %s KiB.\n", median(rs, ns)
+    hdr = "| round"; sep = "|---"
+    for (t = 1; t <= nt; t++) { hdr = hdr " | " tools[t]; sep = sep "|---" }
+    for (p = 1; p <= np; p++) { hdr = hdr " | " pairs[p]; sep = sep "|---" }
+    print hdr " |"; print sep "|"
+    for (i = 1; i <= n; i++) {
+        line = "| " i
+        for (t = 1; t <= nt; t++) line = line " | " ms[i, tools[t]]
+        for (p = 1; p <= np; p++) { split(pairs[p], ab, "/"); line = line " | " ratio(ab[1], ab[2], i) }
+        print line " |"
+    }
+    line = "| median"
+    for (t = 1; t <= nt; t++) {
+        m = 0; delete a
+        for (i = 1; i <= n; i++) if (num(ms[i, tools[t]])) a[++m] = ms[i, tools[t]]
+        line = line " | " median(a, m)
+    }
+    for (p = 1; p <= np; p++) { x = med(pairs[p], nr[pairs[p]], rr); line = line " | " (x == "n/a" ? x : sprintf("%.2f", x)) }
+    print line " |"
+    print ""
+    print "Guest kernel uptime at /init (s) and VMM RSS outside guest RAM at that moment (KiB):"
+    print ""
+    hdr = "| round"; sep = "|---"
+    for (t = 1; t <= nt; t++) { hdr = hdr " | " tools[t] " up"; sep = sep "|---" }
+    for (t = 1; t <= nt; t++) { hdr = hdr " | " tools[t] " RSS"; sep = sep "|---" }
+    print hdr " |"; print sep "|"
+    for (i = 1; i <= n; i++) {
+        line = "| " i
+        for (t = 1; t <= nt; t++) line = line " | " up[i, tools[t]]
+        for (t = 1; t <= nt; t++) line = line " | " rss[i, tools[t]]
+        print line " |"
+    }
+    line = "| median"
+    for (t = 1; t <= nt; t++) {
+        m = 0; delete a
+        for (i = 1; i <= n; i++) if (num(up[i, tools[t]])) a[++m] = up[i, tools[t]]
+        line = line " | " median(a, m)
+    }
+    for (t = 1; t <= nt; t++) {
+        m = 0; delete a
+        for (i = 1; i <= n; i++) if (num(rss[i, tools[t]])) a[++m] = rss[i, tools[t]]
+        line = line " | " median(a, m)
+    }
+    print line " |"
+    printf "\n%d rounds.\n", n
     if (failed) printf "\n%d run(s) failed: see their RIG-ROW lines (stderr).\n", failed
     exit (failed > 0)
 }' "$raw" || rc=1

@@ -8,6 +8,10 @@
 #   kver                the 6.1 kernel version used for L1 and L2
 # Env: VMM_BIN (default <repo>/target/release/vmm). A missing VMM_BIN is a warning only, so
 # the QEMU scenarios can be developed without it; vmm scenarios then report reason=no-vmm.
+# CH_BIN (optional): a cloud-hypervisor binary, copied into L1 with its libraries as a second
+# anchor for the benchmarks (built outside the project: tests/rig/README.md says how).
+# VMM2_BIN (optional): a second vmm build (e.g. the one before a change), /usr/bin/vmm2 in L1,
+# run by the vmm2 and vmm2-pvh tools: before/after in one L1 boot.
 set -euo pipefail
 
 RIG=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -152,6 +156,18 @@ if [ -x "$VMM_BIN" ]; then
     strip --strip-debug "$l1tree/usr/bin/vmm" 2>/dev/null || true # (a script stand-in is fine)
 else
     echo "build.sh: WARNING: VMM_BIN=$VMM_BIN not found; vmm scenarios will fail (no-vmm)" >&2
+fi
+if [ -n "${VMM2_BIN:-}" ]; then
+    copy_with_libs "$VMM2_BIN" "$l1tree" /usr/bin/vmm2
+    strip --strip-debug "$l1tree/usr/bin/vmm2" 2>/dev/null || true
+fi
+if [ -n "${CH_BIN:-}" ]; then
+    if [ ! -x "$CH_BIN" ]; then
+        echo "build.sh: CH_BIN=$CH_BIN is not an executable" >&2
+        exit 1
+    fi
+    copy_with_libs "$CH_BIN" "$l1tree" /usr/bin/cloud-hypervisor
+    strip --strip-debug "$l1tree/usr/bin/cloud-hypervisor" 2>/dev/null || true
 fi
 
 # L2: the same Debian kernel as L1, and the L2 initramfs.

@@ -14,7 +14,8 @@
 # stays alive (it prints RIG-L1-ALIVE every 20 s) and its own timeout stops the vmm, which
 # the run's facts report (l1_timeout=1).
 #
-# Env knobs: VMM_BIN, RIG_SILENCE_S (180), RIG_L1_APPEND (extra L1 kernel args, e.g.
+# Env knobs: VMM_BIN, VMM2_BIN and CH_BIN (a second vmm build and a cloud-hypervisor binary to
+# put in L1, optional), RIG_SILENCE_S (180), RIG_L1_APPEND (extra L1 kernel args, e.g.
 # rig.qemu_machine=pc), RIG_L0_MEM (6G).
 set -euo pipefail
 
@@ -64,13 +65,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Time budget for one L0 run, in seconds: L1 boot plus, per L2 boot, the L1-side bound of one
-# L2 run (150 s) and some slack. bench-N boots L2 4N+2 times.
+# L2 run (150 s) and some slack. bench-N boots L2 up to 5N+3 times (with Cloud Hypervisor).
 budget_for() {
     local total=120 s
     for s in $(echo "$1" | tr ',' ' '); do
         case "$s" in
-            bench-dev-*) total=$((total + 170 * (8 * ${s#bench-dev-} + 2))) ;;
-            bench-*) total=$((total + 170 * (4 * ${s#bench-} + 2))) ;;
+            bench-dev-*) total=$((total + 170 * (12 * ${s#bench-dev-} + 3))) ;;
+            bench-*) total=$((total + 170 * (5 * ${s#bench-} + 3))) ;;
             soak-*) total=$((total + 60 * (${s#soak-} + 1))) ;;
             soak) total=$((total + 60 * 21)) ;;
             signals) total=$((total + 170 * 4)) ;;

@@ -10,12 +10,18 @@
  *
  * and when CMD has ended
  *
- *   RIG-EXIT status=<exit code, or 128+signal>[ stamp_terminated=1]
+ *   RIG-EXIT status=<exit code, or 128+signal> total_ms=<ms from just before fork to the
+ *            end of CMD> tail_ms=<ms from the guest's last words to CMD's end>[ stamp_terminated=1]
  *
- * and exit with that status. If stamp itself gets SIGTERM/SIGINT/SIGHUP (e.g. from an
+ * and exit with that status. tail_ms is a VMM's teardown: it counts from the last line with
+ * "reboot: " (Linux's "reboot: Power down" or "reboot: Restarting system"), or from the last
+ * line when there was none. If stamp itself gets SIGTERM/SIGINT/SIGHUP (e.g. from an
  * outer `timeout`), it kills CMD with SIGKILL (a hung VMM may ignore SIGTERM), reports
  * stamp_terminated=1 and exits 124, so the caller can tell a timeout from a crash.
  * The child also gets PR_SET_PDEATHSIG(SIGKILL), so it never outlives a killed stamp.
+ *
+ * STAMP_TIMES=1: every line of CMD's output is prefixed with "<ms from fork> | ", the time it
+ * reached us (to see where a guest's boot spends wall time, whatever its own clock says).
  *
  * STAMP_PTY=1: CMD gets a new pseudo-terminal as its controlling terminal, stdin, stdout
  * and stderr (to see what a VMM does on a terminal: raw mode, progress lines), and after it
@@ -124,6 +130,8 @@ int main(int argc, char **argv)
 	sigaction(SIGHUP, &sa, NULL);
 
 	int pfd[2];
+	const char *times_env = getenv("STAMP_TIMES");
+	int use_times = times_env && strcmp(times_env, "1") == 0;
 	const char *pty_env = getenv("STAMP_PTY");
 	int use_pty = pty_env && strcmp(pty_env, "1") == 0;
 	struct termios before, after;
@@ -176,6 +184,7 @@ int main(int argc, char **argv)
 	static char buf[65536];
 	size_t len = 0;
 	int found = 0, killed = 0, reaped = 0, st = 0;
+	double last_line = t0, last_words = 0;
 	for (;;) {
 		if (use_pty && !reaped) {
 			struct pollfd p = { .fd = pfd[0], .events = POLLIN };
@@ -221,7 +230,20 @@ int main(int argc, char **argv)
 			size_t end = nl ? (size_t)(nl - buf) + 1 : len;
 			if (!nl && len < sizeof(buf) - 1)
 				break; /* partial line: wait for more unless the buffer is full */
+			last_line = now_ms();
+			if (use_times) {
+				char pre[32];
+				int p = snprintf(pre, sizeof(pre), "%8.0f | ", last_line - t0);
+				write_all(1, pre, (size_t)p);
+			}
 			write_all(1, buf + start, end - start);
+			{
+				char save = buf[end];
+				buf[end] = '\0';
+				if (strstr(buf + start, "reboot: "))
+					last_words = last_line;
+				buf[end] = save;
+			}
 			if (!found) {
 				char save = buf[end];
 				buf[end] = '\0';
@@ -278,8 +300,10 @@ int main(int argc, char **argv)
 		}
 	}
 	int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-	char out[96];
-	int m = snprintf(out, sizeof(out), "RIG-EXIT status=%d%s\n", code,
+	double end = now_ms();
+	char out[160];
+	int m = snprintf(out, sizeof(out), "RIG-EXIT status=%d total_ms=%.0f tail_ms=%.0f%s\n",
+			 code, end - t0, end - (last_words > 0 ? last_words : last_line),
 			 got_signal ? " stamp_terminated=1" : "");
 	write_all(1, out, (size_t)m);
 	return got_signal ? 124 : code;

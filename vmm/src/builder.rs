@@ -19,7 +19,7 @@ use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::Elf;
 use linux_loader::loader::KernelLoader;
@@ -189,6 +189,39 @@ pub struct Vm {
     pub hotplug: Option<crate::hotplug::Hotplug>,
     /// The `managed=on` devices moved to vfio-pci for the run.
     pub bindings: Arc<crate::managed::Bindings>,
+    /// Guest output on its way out (for the main loop and teardown).
+    pub output: Arc<Output>,
+}
+
+/// Guest output the VMM holds back: writes KVM queued (coalesced PIO) and what the UART keeps
+/// until a line is complete.
+pub struct Output {
+    /// The UART.
+    pub serial: GuestSerial,
+    /// KVM's ring of queued writes, when the host has coalesced PIO.
+    pub ring: Option<Arc<crate::coalesced::Ring>>,
+    /// Port I/O bus (where queued writes go).
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+}
+
+impl Output {
+    /// Applies queued writes, then writes out what the UART held back; nothing when stdout
+    /// would block: a reader that stopped reading must not stop the main loop or the
+    /// teardown, where signals and the exit are handled (the vCPU threads write their lines
+    /// themselves, as before).
+    pub fn pass_on(&self) {
+        if !crate::console::stdout_writable() {
+            return;
+        }
+        if let Some(ring) = &self.ring {
+            ring.drain(&self.pio, &self.mmio);
+        }
+        if let Ok(mut serial) = self.serial.lock() {
+            serial.pass_on_output();
+        }
+    }
 }
 
 /// Opens and judges what the guest boots, and checks `--memory` against the host, before
@@ -258,17 +291,17 @@ pub fn build(
         pio: pio.clone(),
         mmio: mmio.clone(),
         exits: exits.clone(),
+        ring: None,
     };
-    let vcpus = create_vcpus(
-        &cpuid.guest,
-        &vm,
-        cfg.cpus,
-        entry,
-        routes,
-        &exit,
-        cfg.seccomp,
-    )?;
+    let mut vcpus = create_vcpus(&cpuid, &vm, cfg.cpus, entry, routes, &exit, cfg.seccomp)?;
+    let ring = batch_console_writes(&kvm, &vm, &mut vcpus, &serial);
     log::debug!("{} vCPUs ready", vcpus.len());
+    let output = Arc::new(Output {
+        serial: serial.clone(),
+        ring,
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+    });
     Ok(Vm {
         exit,
         vcpus,
@@ -282,6 +315,7 @@ pub fn build(
         ged,
         hotplug,
         bindings,
+        output,
     })
 }
 
@@ -308,6 +342,35 @@ fn attach_ged(vm: &VmFd, mmio: &Bus) -> Result<Arc<Mutex<Ged>>, Error> {
     let ged = Arc::new(Mutex::new(Ged::new(irq)));
     mmio.insert_named("ged", ged.clone(), GED_START, GED_SIZE)?;
     Ok(ged)
+}
+
+/// Lets the UART's transmit register be coalesced PIO when the host's KVM has it: maps the
+/// ring KVM queues the writes in and gives it to every vCPU. Without it (or when mapping
+/// fails) each write simply exits.
+fn batch_console_writes(
+    kvm: &Kvm,
+    vm: &Arc<VmFd>,
+    vcpus: &mut [Vcpu],
+    serial: &GuestSerial,
+) -> Option<Arc<crate::coalesced::Ring>> {
+    if !kvm.check_extension(Cap::CoalescedPio) {
+        return None;
+    }
+    let ring = match crate::coalesced::Ring::map(&vcpus.first()?.fd) {
+        Ok(ring) => Arc::new(ring),
+        Err(e) => {
+            log::debug!("no coalesced PIO ring: {e}");
+            return None;
+        }
+    };
+    for vcpu in vcpus.iter_mut() {
+        vcpu.routes.ring = Some(ring.clone());
+    }
+    let batch = crate::coalesced::KvmThrBatch::new(vm.clone(), COM1_PORT);
+    if let Ok(mut serial) = serial.lock() {
+        serial.set_thr_batch(Box::new(batch));
+    }
+    Some(ring)
 }
 
 /// ACPI tables, with the PCI host bridge and MCFG.
@@ -529,10 +592,12 @@ fn load_initrd(
     Ok((initrd.addr, initrd.size))
 }
 
-/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it.
+/// KVM's supported CPUID, and the guest's: with `phys-bits=` narrowed to it; and what KVM
+/// emulates beyond its supported CPUID.
 struct GuestCpuid {
     supported: CpuId,
     guest: CpuId,
+    host: arch::cpuid::HostFeatures,
 }
 
 /// The CPUID vCPUs start from and the guest's physical address width.
@@ -550,11 +615,21 @@ fn guest_cpuid(kvm: &Kvm, cfg: &VmConfig) -> Result<(GuestCpuid, u8), Error> {
         }
         None => max,
     };
-    Ok((GuestCpuid { supported, guest }, bits))
+    let host = arch::cpuid::HostFeatures {
+        tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
+    };
+    Ok((
+        GuestCpuid {
+            supported,
+            guest,
+            host,
+        },
+        bits,
+    ))
 }
 
 fn create_vcpus(
-    supported: &CpuId,
+    cpuid: &GuestCpuid,
     vm: &VmFd,
     count: u8,
     entry: Entry,
@@ -567,9 +642,9 @@ fn create_vcpus(
             let fd = vm
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("create a vCPU"))?;
-            let mut cpuid = supported.clone();
-            arch::cpuid::adjust(&mut cpuid, index, count);
-            fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            let mut vcpu_cpuid = cpuid.guest.clone();
+            arch::cpuid::adjust(&mut vcpu_cpuid, index, count, cpuid.host);
+            fd.set_cpuid2(&vcpu_cpuid).map_err(kvm_err("set CPUID"))?;
             arch::regs::setup_msrs(&fd)?;
             arch::regs::setup_fpu(&fd)?;
             arch::regs::setup_lapic(&fd)?;

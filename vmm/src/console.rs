@@ -50,6 +50,18 @@ pub fn restore_terminal() {
     }
 }
 
+/// Whether a write to stdout would not block now (a pipe with room, a terminal, a file).
+pub fn stdout_writable() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLOUT != 0
+}
+
 /// Feeds stdin to the guest UART; stops watching stdin at end of file.
 pub struct StdinInput {
     serial: GuestSerial,

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod builder;
 pub mod check;
+pub mod coalesced;
 pub mod config;
 pub mod console;
 pub mod control;
@@ -159,6 +160,30 @@ impl MutEventSubscriber for TimeoutWatch {
     }
 }
 
+/// How long a partial line of guest output may wait for the rest of its line (see
+/// [`devices::serial::LineOut`]).
+const OUTPUT_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Passes on guest output held back (writes KVM queued, a partial line in the UART), every
+/// [`OUTPUT_PATIENCE`]: a guest that prints and then falls silent is seen within that time.
+struct OutputWatch {
+    timer: TimerFd,
+    vm: Arc<builder::Output>,
+}
+
+impl MutEventSubscriber for OutputWatch {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        self.vm.pass_on();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            log::error!("cannot watch the console output timer: {e:?}");
+        }
+    }
+}
+
 fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Os { what, source }
 }
@@ -219,6 +244,7 @@ fn run_vm(
     // On an early return `running` drops, which stops the vCPU threads.
     let running = vcpu::Running::start(vm.vcpus.drain(..).collect())
         .map_err(os_err("start a vCPU thread"))?;
+    log::debug!("vCPUs running");
     seccomp::apply_if(cfg.seccomp, seccomp::Thread::Vmm)?;
     let reason = wait_for_exit(&mut vm, &running, cfg, events, api.as_ref());
     // The last answer (vm.shutdown's) goes out; later requests hear that vmm is going.
@@ -227,6 +253,8 @@ fn run_vm(
     }
     // Teardown, in order: no vCPU runs, the devices are quiet, then every file goes.
     let released = running.stop(VCPU_STOP_PATIENCE);
+    vm.output.pass_on();
+    log::debug!("teardown: vCPUs stopped ({reason:?})");
     let report = cfg.stats.map(|format| {
         let serial = vm.serial.lock().map_or(0, |s| s.interrupts());
         let injected = vec![("serial".to_string(), serial)];
@@ -235,8 +263,10 @@ fn run_vm(
     // A stuck vCPU may hold a device lock: quiescing would wait for it.
     if released {
         vm.passthrough.shutdown();
+        log::debug!("teardown: devices quiesced");
     }
     drop(vm);
+    log::debug!("teardown: VM and VFIO files closed (DMA mappings and pins released)");
     console::restore_terminal();
     if let Some(report) = report {
         use std::io::Write as _;
@@ -269,11 +299,22 @@ fn event_loop(
         let eject = hotplug.eject.try_clone().map_err(os_err("watch hotplug"))?;
         events.add_subscriber(Box::new(ApiWake(eject)));
     }
-    if let Some(secs) = cfg.timeout {
-        let timer_err = |e: vmm_sys_util::errno::Error| Error::Os {
-            what: "set up the --timeout timer",
+    let timer_err = |what| {
+        move |e: vmm_sys_util::errno::Error| Error::Os {
+            what,
             source: std::io::Error::from_raw_os_error(e.errno()),
-        };
+        }
+    };
+    let mut output_timer = TimerFd::new().map_err(timer_err("set up the console output timer"))?;
+    output_timer
+        .reset(OUTPUT_PATIENCE, Some(OUTPUT_PATIENCE))
+        .map_err(timer_err("set up the console output timer"))?;
+    events.add_subscriber(Box::new(OutputWatch {
+        timer: output_timer,
+        vm: vm.output.clone(),
+    }));
+    if let Some(secs) = cfg.timeout {
+        let timer_err = timer_err("set up the --timeout timer");
         let mut timer = TimerFd::new().map_err(timer_err)?;
         timer
             .reset(std::time::Duration::from_secs(secs), None)

@@ -12,7 +12,8 @@
 //!   device, BAR moves (`KVM_SET_USER_MEMORY_REGION`, and `VFIO_IOMMU_MAP_DMA`/`UNMAP_DMA`
 //!   for the BAR's peer-to-peer DMA mapping), interrupt rewiring (`eventfd2`,
 //!   `close`, `KVM_IRQFD`, `KVM_SET_GSI_ROUTING`, `VFIO_DEVICE_SET_IRQS`, `poll` for the
-//!   MSI-X PBA). Also the serial console (`write`), locks (`futex`), logging, the kick signal
+//!   MSI-X PBA). Also the serial console (`write`, and turning the coalescing of its transmit
+//!   register on and off: `KVM_(UN)REGISTER_COALESCED_MMIO`), locks (`futex`), logging, the kick signal
 //!   (`rt_sigreturn`), a crash report (`KVM_GET_REGS`/`KVM_GET_SREGS`), an abort on panic
 //!   (`tgkill` of SIGABRT to ourselves) and thread exit.
 //! - The background mapper of large BARs (`p2p`, only when a BAR of 1 GiB or more is passed
@@ -139,6 +140,18 @@ ioctl_iowr_nr!(
     kvm_bindings::kvm_create_device
 );
 ioctl_iow_nr!(
+    KVM_REGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x67,
+    kvm_bindings::kvm_coalesced_mmio_zone
+);
+ioctl_iow_nr!(
+    KVM_UNREGISTER_COALESCED_MMIO,
+    KVMIO,
+    0x68,
+    kvm_bindings::kvm_coalesced_mmio_zone
+);
+ioctl_iow_nr!(
     KVM_SET_DEVICE_ATTR,
     KVMIO,
     0xe1,
@@ -184,6 +197,8 @@ fn vcpu_ioctls() -> Vec<u64> {
         VFIO_DEVICE_SET_IRQS(),
         VFIO_IOMMU_MAP_DMA(),
         VFIO_IOMMU_UNMAP_DMA(),
+        KVM_REGISTER_COALESCED_MMIO(),
+        KVM_UNREGISTER_COALESCED_MMIO(),
         KVM_GET_REGS(),
         KVM_GET_SREGS(),
     ];

@@ -37,6 +37,17 @@ pub struct Routes {
     pub mmio: Arc<Bus>,
     /// Exits by kind.
     pub exits: Arc<ExitCounts>,
+    /// Writes KVM queued instead of exiting (coalesced PIO), applied before each exit.
+    pub ring: Option<Arc<crate::coalesced::Ring>>,
+}
+
+impl Routes {
+    /// Applies the writes KVM queued since the last exit (they came before it).
+    fn drain(&self) {
+        if let Some(ring) = &self.ring {
+            ring.drain(&self.pio, &self.mmio);
+        }
+    }
 }
 
 /// Routes one exit. Reads nobody answers return all ones, as on real hardware.
@@ -181,7 +192,10 @@ impl Vcpu {
         }
         while control.checkpoint() {
             let action = match self.fd.run() {
-                Ok(exit) => handle_exit(exit, &self.routes),
+                Ok(exit) => {
+                    self.routes.drain();
+                    handle_exit(exit, &self.routes)
+                }
                 // A kick (or any signal): look at `control` again.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
                 Err(e) => {
@@ -396,6 +410,7 @@ mod tests {
             pio: Arc::new(Bus::new()),
             mmio: Arc::new(Bus::new()),
             exits: Arc::new(ExitCounts::default()),
+            ring: None,
         }
     }
 

@@ -78,15 +78,20 @@ kv() {
 
 # --- L2 runs ---
 
-# run_l2 TAG TOOL(vmm|vmm-pvh|qemu|qemu-pvh) CPUS MEM ACTION: boots L2 once under `timeout`
-# (a hung VMM is reported, never retried). The -pvh tools boot the same kernel as an ELF
-# vmlinux through its PVH entry (no decompression); the others boot the bzImage.
+# run_l2 TAG TOOL(vmm|vmm-pvh|vmm2|vmm2-pvh|qemu|qemu-pvh|ch) CPUS MEM ACTION: boots L2 once
+# under `timeout` (a hung VMM is reported, never retried). The -pvh tools boot the same kernel
+# as an ELF vmlinux through its PVH entry (no decompression); the others boot the bzImage. ch
+# is Cloud Hypervisor (in L1 only when build.sh had CH_BIN), always on the vmlinux; vmm2 a
+# second vmm build (VMM2_BIN). rig.vmm_extra= and rig.ch_extra= add arguments to every run.
 # Sets RUN to the run's facts:
 #   status       the VMM's exit status (none: it never reported one)
 #   l1_timeout   1 when L1's timeout had to stop the VMM (stamp_terminated)
 #   cpus ram_kb memtotal_kb   what the guest saw (its RIG-L2 line; none: it never got there)
 #   init_ms rss_kb            stamp's timing and VMM footprint at the guest's first line
-# and LOG (its output, CR removed) and RAW (as it came, for the tty scenario).
+#   up           the guest kernel's own uptime (s) at that line
+#   end_ms       from the guest's last words (reboot: Power down) to the VMM's exit
+# and LOG (its output, CR and rig.l2_times stamps removed) and RAW (as it came, for the tty
+# scenario).
 run_l2() {
     tag=$1 tool=$2 cpus=$3 mem=$4 action=$5
     # Same minimal L2 command line for vmm and QEMU; panic=-1 so a panicking L2 ends.
@@ -96,18 +101,28 @@ run_l2() {
         case "$tool" in
             vmm*) devargs="$devargs --device vfio-pci,$d" ;;
             qemu*) devargs="$devargs -device vfio-pci,$d" ;;
+            ch) devargs="$devargs --device path=/sys/bus/pci/devices/0000:${d#host=}/" ;;
         esac
     done
     kernel=/l2/vmlinuz
-    case "$tool" in *-pvh) kernel=/l2/vmlinux ;; esac
+    case "$tool" in *-pvh | ch) kernel=/l2/vmlinux ;; esac
     case "$tool" in
         vmm*)
-            [ -x /usr/bin/vmm ] || broken no-vmm
+            bin=${tool%-pvh}
+            [ -x "/usr/bin/$bin" ] || broken "no-$bin"
             # rig.vmm_log=debug: vmm's startup profile on its stderr (in the console log).
             [ -n "${VMM_LOG:-}" ] && export RUST_LOG="$VMM_LOG"
             # shellcheck disable=SC2086 # device arguments, split on purpose
-            set -- vmm --kernel $kernel --initramfs /l2/initrd.cpio.gz --cmdline "$l2cmd" \
-                --memory "$mem" --cpus "$cpus" --timeout "$VMM_TIMEOUT" $devargs $VMM_EXTRA
+            set -- "$bin" --kernel $kernel --initramfs /l2/initrd.cpio.gz --cmdline "$l2cmd" \
+                --memory "$mem" --cpus "$cpus" --timeout "$VMM_TIMEOUT" $devargs $VMM_EXTRA \
+                $VMM_EXTRA_ALL
+            ;;
+        ch)
+            [ -x /usr/bin/cloud-hypervisor ] || broken no-ch
+            # shellcheck disable=SC2086 # device arguments, split on purpose
+            set -- cloud-hypervisor --kernel $kernel --initramfs /l2/initrd.cpio.gz \
+                --cmdline "$l2cmd" --memory "size=$mem" --cpus "boot=$cpus" --serial tty \
+                --console off $devargs $CH_EXTRA_ALL
             ;;
         qemu*)
             # shellcheck disable=SC2086 # device arguments, split on purpose
@@ -125,7 +140,8 @@ run_l2() {
         timeout -s TERM "$L2_TIMEOUT" stamp RIG-L2-INIT -- "$@" </dev/null 2>&1
         echo "RIG-RC rc=$?"
     ) | tee "$RAW"
-    tr -d '\r' <"$RAW" >"$LOG"
+    # Without the wall times rig.l2_times=1 puts in front (the facts are read at line start).
+    tr -d '\r' <"$RAW" | sed 's/^ *[0-9]* | //' >"$LOG"
     l2=$(grep -o 'RIG-L2 cpus=.*' "$LOG" | tail -n 1)
     st=$(grep -o 'RIG-STAMP .*' "$LOG" | tail -n 1)
     ex=$(grep -o 'RIG-EXIT .*' "$LOG" | tail -n 1)
@@ -139,6 +155,8 @@ run_l2() {
     RUN="status=$(or_none "$(kv "$ex" status)") l1_timeout=$killed"
     for k in cpus ram_kb memtotal_kb; do RUN="$RUN $k=$(or_none "$(kv "$l2" $k)")"; done
     for k in init_ms rss_kb; do RUN="$RUN $k=$(or_none "$(kv "$st" $k)")"; done
+    up=$(grep -o 'RIG-L2-INIT uptime=[0-9.]*' "$LOG" | head -n 1)
+    RUN="$RUN up=$(or_none "${up#*=}") end_ms=$(or_none "$(kv "$ex" tail_ms)")"
 }
 
 # or_none VALUE: VALUE, or none when it is empty.
