@@ -41,6 +41,16 @@ impl Ged {
     pub fn pending(&self) -> u32 {
         self.pending
     }
+
+    /// Raises the interrupt again if events are still unread; whether it did. The interrupt
+    /// is an edge: one raised before the guest's GED driver enabled it (early in the guest's
+    /// boot) is lost, while the events wait in the register for the next one.
+    pub fn raise_again(&mut self) -> std::io::Result<bool> {
+        if self.pending == 0 {
+            return Ok(false);
+        }
+        self.irq.write(1).map(|()| true)
+    }
 }
 
 impl BusDevice for Ged {
@@ -146,6 +156,22 @@ mod tests {
         ged.read(0, &mut byte);
         assert_eq!(byte, [0], "only the whole register reads the events");
         assert_eq!(ged.pending(), POWER_BUTTON);
+    }
+
+    #[test]
+    fn unread_events_raise_the_interrupt_again() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut ged = Ged::new(irq.try_clone().unwrap());
+        assert!(!ged.raise_again().unwrap(), "nothing pending");
+        assert!(irq.read().is_err());
+        ged.notify(PCI_HOTPLUG).unwrap();
+        assert_eq!(irq.read().unwrap(), 1);
+        assert!(ged.raise_again().unwrap(), "the guest has not read it");
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut data = [0u8; 4];
+        ged.read(0, &mut data);
+        assert!(!ged.raise_again().unwrap(), "read");
+        assert!(irq.read().is_err());
     }
 
     fn find(haystack: &[u8], needle: &[u8]) -> bool {

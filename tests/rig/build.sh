@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the rig's artifacts in tests/rig/out/ (gitignored):
 #   stamp               static timing/output tool (stamp.c), runs in L1
+#   rigio               static socket/timing tool of the hotplug scenarios (rigio.c), in L1
 #   l2-initrd.cpio.gz   L2 guest initramfs: static busybox + l2-init as /init
 #   l1-initrd.cpio      L1 (emulated host) initramfs: busybox, kvm/vfio modules, vmm,
 #                       qemu-system-x86_64 (+ libs, firmware), stamp, L2 kernel+initramfs,
@@ -28,10 +29,12 @@ if [ -z "$vmlinuz" ]; then
 fi
 KVER=${vmlinuz#/boot/vmlinuz-}
 
-# --- stamp (static so it needs nothing in L1) ---
-if [ ! -x "$OUT/stamp" ] || [ "$RIG/stamp.c" -nt "$OUT/stamp" ]; then
-    gcc -static -O2 -Wall -Wextra -o "$OUT/stamp" "$RIG/stamp.c"
-fi
+# --- stamp and rigio (static so they need nothing in L1) ---
+for tool in stamp rigio; do
+    if [ ! -x "$OUT/$tool" ] || [ "$RIG/$tool.c" -nt "$OUT/$tool" ]; then
+        gcc -static -O2 -Wall -Wextra -o "$OUT/$tool" "$RIG/$tool.c"
+    fi
+done
 
 # Copies executable $1 to $2/$1 (or $3 inside the tree) plus every library ldd lists, at the
 # paths ldd names (the loader's default search finds them there).
@@ -118,8 +121,9 @@ fi
 l2tree=$OUT/l2-tree
 base_tree "$l2tree"
 install -m 0755 "$RIG/l2-init" "$l2tree/init"
-# Drivers the passthrough scenarios use in L2 (not loaded unless a scenario asks).
-install_modules "$l2tree" nvme virtio_pci virtio_rng
+# Drivers the passthrough scenarios use in L2 (not loaded unless a scenario asks); button and
+# evdev make an ACPI power button press an input event (the hotplug guest powers off on it).
+install_modules "$l2tree" nvme virtio_pci virtio_rng button evdev
 install -m 0644 "$guestbuild/edu_test.ko" "$guestbuild/msix_mask_test.ko" "$l2tree/lib/modules/rig/"
 gpu_l2_tree "$l2tree" "$guestbuild"
 make_cpio "$l2tree" "$OUT/l2-initrd.cpio"
@@ -133,6 +137,7 @@ install -m 0755 "$RIG/l1-init" "$l1tree/init"
 # The scenarios l1-init sources: lib.sh and one file per family.
 install -D -m 0644 -t "$l1tree/rig" "$RIG"/l1/*.sh
 install -m 0755 "$OUT/stamp" "$l1tree/usr/bin/stamp"
+install -m 0755 "$OUT/rigio" "$l1tree/usr/bin/rigio"
 gpu_l1_tree "$l1tree"
 
 install_modules "$l1tree" kvm_amd vfio_pci vfio_iommu_type1 uio_pci_generic nvme

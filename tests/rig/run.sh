@@ -71,6 +71,11 @@ budget_for() {
     for s in $(echo "$1" | tr ',' ' '); do
         case "$s" in
             bench-dev-*) total=$((total + 170 * (12 * ${s#bench-dev-} + 3))) ;;
+            hp-bench-*) total=$((total + 400 + 120 * (${s#hp-bench-} + 1))) ;;
+            hp-cycles-*) total=$((total + 200 + 40 * ${s#hp-cycles-})) ;;
+            hp-cycles) total=$((total + 200 + 40 * 20)) ;;
+            hp-edu | hp-nvme | hp-refuse | hp-group | hp-boot | hp-early) total=$((total + 400)) ;;
+            hp-kill) total=$((total + 170 * 5)) ;;
             bench-*) total=$((total + 170 * (5 * ${s#bench-} + 3))) ;;
             soak-*) total=$((total + 60 * (${s#soak-} + 1))) ;;
             soak) total=$((total + 60 * 21)) ;;

@@ -16,8 +16,8 @@ use devices::i8042::I8042;
 use devices::serial::Serial;
 use devices::{Bus, GuestExit};
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_irqchip, kvm_pic_state, kvm_pit_config, kvm_userspace_memory_region, CpuId,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use linux_loader::loader::bzimage::BzImage;
@@ -458,11 +458,43 @@ fn setup_irqchip(vm: &VmFd) -> Result<(), Error> {
         .map_err(kvm_err("set the TSS address"))?;
     vm.create_irq_chip()
         .map_err(kvm_err("create the in-kernel irqchip"))?;
+    mask_legacy_pics(vm)?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("create the PIT"))
+}
+
+/// Leaves the two 8259 PICs as firmware does (vectors from 0x08 and 0x70, every line
+/// masked). The guest never uses them (hardware-reduced ACPI: Linux routes everything through
+/// the IOAPIC and leaves the PICs alone), but KVM's PICs start unmasked with vectors from 0
+/// while the boot vCPU's LINT0 takes ExtINT until the guest sets up its local APIC: a legacy
+/// GSI raised in those first moments (the GED's, for a device hot-added while the guest
+/// boots) arrived as exception 5 (#BR) and killed the guest.
+fn mask_legacy_pics(vm: &VmFd) -> Result<(), Error> {
+    for (chip_id, vectors) in [
+        (KVM_IRQCHIP_PIC_MASTER, 0x08),
+        (KVM_IRQCHIP_PIC_SLAVE, 0x70),
+    ] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip)
+            .map_err(kvm_err("read the PIC state"))?;
+        // SAFETY: for a PIC `chip_id` the kernel fills and reads the union's `pic` member, a
+        // plain struct of bytes.
+        firmware_pic(unsafe { &mut chip.chip.pic }, vectors);
+        vm.set_irqchip(&chip).map_err(kvm_err("mask the PIC"))?;
+    }
+    Ok(())
+}
+
+/// A PIC as firmware leaves it: `vectors` its first vector, every line masked.
+fn firmware_pic(pic: &mut kvm_pic_state, vectors: u8) {
+    pic.irq_base = vectors;
+    pic.imr = 0xff;
 }
 
 fn attach_legacy_devices(
@@ -665,6 +697,14 @@ fn create_vcpus(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pics_are_left_masked_as_firmware_leaves_them() {
+        let mut pic = kvm_pic_state::default();
+        firmware_pic(&mut pic, 0x70);
+        assert_eq!((pic.irq_base, pic.imr), (0x70, 0xff));
+        assert_eq!(pic.init_state, 0, "the rest as KVM had it");
+    }
 
     #[test]
     fn host_memory_limit() {

@@ -120,13 +120,8 @@ fn info(t: &Target) -> Info {
     }
 }
 
-fn power_button(t: &Target) -> Reply {
-    let pressed =
-        t.vm.ged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .notify(devices::ged::POWER_BUTTON);
-    match pressed {
+fn power_button(t: &mut Target) -> Reply {
+    match t.vm.notify_ged(devices::ged::POWER_BUTTON) {
         Ok(()) => Reply::done(),
         Err(e) => Reply::error(
             500,

@@ -29,6 +29,12 @@ use vmm_sys_util::eventfd::EventFd;
 /// How long a hot-remove waits for the guest to let go of the device.
 pub const REMOVE_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How long after raising the GED's interrupt it is raised again while the guest has left
+/// its events unread: the interrupt is an edge, and one raised before the guest's GED driver
+/// enabled it (a device added while the guest boots) is lost, so the guest would never scan
+/// the slot.
+pub const GED_RETRY: Duration = Duration::from_millis(500);
+
 /// The hotplug state of a VM started with `--api-socket`.
 pub struct Hotplug {
     /// The slot registers the guest's AML reads and writes.
@@ -36,6 +42,8 @@ pub struct Hotplug {
     /// Signalled when the guest ejects a slot (the main loop watches it).
     pub eject: EventFd,
     removals: Vec<Removal>,
+    /// When to look again whether the guest read the GED's events.
+    ged_retry: Option<Instant>,
 }
 
 /// A hot-remove waiting for the guest.
@@ -53,15 +61,29 @@ impl Hotplug {
             regs,
             eject,
             removals: Vec::new(),
+            ged_retry: None,
         }
     }
 
-    /// Until the nearest removal deadline, for the main loop's wait.
+    /// Until the nearest removal deadline or GED retry, for the main loop's wait.
     pub fn next_deadline(&self) -> Option<Duration> {
+        let now = Instant::now();
         self.removals
             .iter()
-            .map(|r| r.deadline.saturating_duration_since(Instant::now()))
+            .map(|r| r.deadline)
+            .chain(self.ged_retry)
+            .map(|at| at.saturating_duration_since(now))
             .min()
+    }
+}
+
+/// The GED retry at `now`, set for `at`, the guest having left events `unread`: whether to
+/// raise the interrupt again, and when to look next (`None`: nothing left to retry).
+fn ged_retry(at: Option<Instant>, now: Instant, unread: bool) -> (bool, Option<Instant>) {
+    match at {
+        Some(at) if at <= now && unread => (true, Some(now + GED_RETRY)),
+        Some(at) if at <= now => (false, None),
+        at => (false, at),
     }
 }
 
@@ -117,7 +139,7 @@ impl Vm {
             self.bindings.add(b);
         }
         lock(&regs).announce(slot);
-        if let Err(e) = lock(&self.ged).notify(PCI_HOTPLUG) {
+        if let Err(e) = self.notify_ged(PCI_HOTPLUG) {
             log::warn!("cannot raise the GED interrupt for slot {slot}: {e}");
         }
         log::info!("{id}: added in slot {slot}");
@@ -161,14 +183,47 @@ impl Vm {
             deadline: Instant::now() + REMOVE_PATIENCE,
             reply,
         });
-        if let Err(e) = lock(&self.ged).notify(PCI_HOTPLUG) {
+        if let Err(e) = self.notify_ged(PCI_HOTPLUG) {
             log::warn!("cannot raise the GED interrupt for slot {slot}: {e}");
+        }
+    }
+
+    /// Tells the guest about `event` through the GED, and raises its interrupt again every
+    /// [`GED_RETRY`] until the guest has read it ([`Vm::poll_hotplug`]).
+    pub fn notify_ged(&mut self, event: u32) -> std::io::Result<()> {
+        lock(&self.ged).notify(event)?;
+        if let Some(hotplug) = &mut self.hotplug {
+            hotplug.ged_retry = Some(Instant::now() + GED_RETRY);
+        }
+        Ok(())
+    }
+
+    /// Raises the GED's interrupt again when the guest left its events unread past the retry
+    /// time.
+    fn retry_ged(&mut self) {
+        let Some(hotplug) = &mut self.hotplug else {
+            return;
+        };
+        let mut ged = lock(&self.ged);
+        let (raise, next) = ged_retry(hotplug.ged_retry, Instant::now(), ged.pending() != 0);
+        hotplug.ged_retry = next;
+        if raise {
+            log::debug!(
+                "GED events {:#x} not read yet: interrupt raised again",
+                ged.pending()
+            );
+            if let Err(e) = ged.raise_again() {
+                log::warn!("cannot raise the GED interrupt again: {e}");
+                hotplug.ged_retry = None;
+            }
         }
     }
 
     /// Finishes the removals the guest let go of and answers those past their deadline; a
     /// slot the guest ejects late (or by itself) is released then, with nobody to answer.
+    /// Raises the GED's interrupt again if the guest left its events unread.
     pub fn poll_hotplug(&mut self) {
+        self.retry_ged();
         let Some(hotplug) = &mut self.hotplug else {
             return;
         };
@@ -223,5 +278,25 @@ impl Vm {
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ged_retries_while_events_stay_unread() {
+        let t0 = Instant::now();
+        let at = t0 + GED_RETRY;
+        assert_eq!(ged_retry(None, t0, true), (false, None), "nothing raised");
+        assert_eq!(ged_retry(Some(at), t0, true), (false, Some(at)), "not yet");
+        let later = at + Duration::from_millis(1);
+        assert_eq!(
+            ged_retry(Some(at), later, true),
+            (true, Some(later + GED_RETRY)),
+            "unread: again, and again later"
+        );
+        assert_eq!(ged_retry(Some(at), later, false), (false, None), "read");
     }
 }

@@ -28,8 +28,9 @@
 //!   ...), the terminal restored (`TCSETS`), `munmap`, `close`, the API socket removed
 //!   (`unlink`), `exit_group`.
 //! - The API thread (`--api-socket`): `accept4`, `recvfrom`/`sendto` and `setsockopt` (read
-//!   and write timeouts) on its connections, the eventfd that wakes the main loop, locks for
-//!   its channel; it installs its filter before it accepts anything.
+//!   and write timeouts) on its connections, `shutdown` (the end of a refusal), the eventfd
+//!   that wakes the main loop, locks for its channel; it installs its filter before it
+//!   accepts anything.
 //!
 //! A thread started after its creator installed a filter inherits it (the kernel copies it):
 //! so the main thread installs its own only once the vCPU threads exist, and must not start
@@ -308,6 +309,8 @@ const API_ONLY: &[i64] = &[
     libc::SYS_setsockopt,
     libc::SYS_recvfrom,
     libc::SYS_sendto,
+    // Ending the response to a refused request whose rest it then drops (api::http::linger).
+    libc::SYS_shutdown,
 ];
 
 type Rules = BTreeMap<i64, Vec<SeccompRule>>;

@@ -92,6 +92,24 @@ fn acpi_poweroff_and_reset_registers_end_with_status_0() {
     }
 }
 
+/// The guest finds both 8259 PICs with every line masked, as firmware leaves them (KVM's
+/// reset state has them unmasked, vectors from 0: an early legacy interrupt was an exception).
+#[test]
+fn the_pics_start_masked() {
+    let code = [
+        vec![0xe4, 0x21], // in al, 0x21: the master's mask
+        vec![0x88, 0xc3], // mov bl, al
+        vec![0xe4, 0xa1], // in al, 0xa1: the slave's mask
+        vec![0x20, 0xd8], // and al, bl
+        vec![0xd0, 0xe8], // shr al, 1: the exit status is (value << 1) | 1, 8 bits
+        vec![0xe6, 0xf4], // out 0xf4, al
+        HLT_LOOP.to_vec(),
+    ]
+    .concat();
+    let out = Guest::new("pics", &code).run(&["--debug-exit", "--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(0xff), "{}", text(&out.stderr));
+}
+
 #[test]
 fn i8042_reset_ends_with_status_0() {
     let code = [out_imm(0x64, 0xfe), SPIN.to_vec()].concat();

@@ -1,7 +1,10 @@
 //! One HTTP/1.1 exchange per connection: the request head parsed by `httparse` (never by
 //! hand), a body of at most [`BODY_LIMIT`] bytes by `Content-Length`, the whole request read
 //! within [`READ_DEADLINE`]; the response written with `Connection: close`. A client that
-//! hangs up before its request is complete gets nothing and changes nothing.
+//! hangs up before its request is complete gets nothing and changes nothing. A request
+//! refused before it was read to its end (a body over the limit) is answered at once and the
+//! rest of it read and dropped for a while ([`linger`]), so that a client still sending its
+//! body gets the answer rather than a broken pipe.
 //!
 //! It knows bytes and sockets only; what a request means is [`super::route`]'s business.
 
@@ -18,6 +21,9 @@ pub const BODY_LIMIT: usize = 64 << 10;
 pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// How long writing a response may take.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long, and for how many bytes, [`linger`] reads what a refused client still sends.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_LIMIT: usize = 1 << 20;
 /// The most headers a request may have.
 const MAX_HEADERS: usize = 32;
 
@@ -47,6 +53,8 @@ pub trait Stream: Read + Write {
     fn set_read_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
     /// Sets the write timeout.
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()>;
+    /// Ends the writing side: the client reads the end of the response.
+    fn shutdown_write(&self) -> std::io::Result<()>;
 }
 
 impl Stream for std::os::unix::net::UnixStream {
@@ -55,6 +63,9 @@ impl Stream for std::os::unix::net::UnixStream {
     }
     fn set_write_timeout(&self, t: Option<Duration>) -> std::io::Result<()> {
         std::os::unix::net::UnixStream::set_write_timeout(self, t)
+    }
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -232,6 +243,30 @@ pub fn write_response<S: Stream>(stream: &mut S, reply: &Reply) {
     }
 }
 
+/// After a refusal written before the request was read to its end: ends the response (the
+/// client sees its end at once) and reads and drops what the client still sends, for at most
+/// [`LINGER`] and [`LINGER_LIMIT`] bytes. Closing with unread bytes would make the client's
+/// next write fail (a broken pipe) before it ever reads the refusal.
+pub fn linger<S: Stream>(stream: &mut S) {
+    if stream.shutdown_write().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let (mut chunk, mut dropped) = ([0u8; 4096], 0);
+    while dropped < LINGER_LIMIT {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => dropped += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// A response as the client reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Response {
@@ -344,6 +379,32 @@ mod tests {
         let stalled = b"PUT /api/v1/vm.shutdown HTTP/1.1\r\nContent-Length: 10\r\n\r\n{";
         assert_eq!(status(read_sent(stalled, true)), 408);
         assert!(start.elapsed() >= READ_DEADLINE);
+    }
+
+    /// A client that sends an oversized body after the refusal came (the server refuses on
+    /// the head) can still write it and reads the refusal, not a broken pipe.
+    #[test]
+    fn a_refused_client_still_sending_reads_the_refusal() {
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        let head = format!(
+            "PUT /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            4 * BODY_LIMIT
+        );
+        client.write_all(head.as_bytes()).unwrap();
+        let serving = std::thread::spawn(move || {
+            let Err(ReadError::Refused(reply)) = read_request(&mut server) else {
+                panic!("not refused")
+            };
+            write_response(&mut server, &reply);
+            linger(&mut server);
+        });
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        assert_eq!(parse_response(&answer).unwrap().status, 413);
+        let body = vec![b'a'; 4 * BODY_LIMIT];
+        client.write_all(&body).expect("the server still reads");
+        drop(client);
+        serving.join().unwrap();
     }
 
     #[test]

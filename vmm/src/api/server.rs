@@ -216,19 +216,22 @@ impl Worker {
 
     /// Reads one request, has it answered, writes the answer.
     fn exchange(&self, stream: &mut UnixStream) {
-        let reply = match http::read_request(stream) {
+        let (reply, unread) = match http::read_request(stream) {
             Err(ReadError::Closed) => return,
-            Err(ReadError::Refused(reply)) => reply,
+            Err(ReadError::Refused(reply)) => (reply, true),
             Ok(req) => match route(&req.method, &req.path, &req.body) {
-                Err(reply) => reply,
+                Err(reply) => (reply, false),
                 Ok(action) => {
                     self.busy.set(true);
-                    self.ask(action)
+                    (self.ask(action), false)
                 }
             },
         };
         http::write_response(stream, &reply);
         self.busy.set(false);
+        if unread {
+            http::linger(stream);
+        }
     }
 
     /// Hands `action` to the main thread and waits for its answer.
