@@ -29,6 +29,12 @@ function ratio(a, b, i,    k) {
     rr[k, ++nr[k]] = ms[i, a] / ms[i, b]
     return sprintf("%.2f", ms[i, a] / ms[i, b])
 }
+# the median of column t of v (v[1..n, t]), numbers only
+function colmed(v, t,    i, a, m) {
+    m = 0
+    for (i = 1; i <= n; i++) if (num(v[i, t])) a[++m] = v[i, t]
+    return median(a, m)
+}
 function med(key, n, src,    i, arr, m) {
     for (i = 1; i <= n; i++) arr[i] = src[key, i]
     m = median(arr, n)
@@ -68,11 +74,7 @@ END {
         print line " |"
     }
     line = "| median"
-    for (t = 1; t <= nt; t++) {
-        m = 0; delete a
-        for (i = 1; i <= n; i++) if (num(ms[i, tools[t]])) a[++m] = ms[i, tools[t]]
-        line = line " | " median(a, m)
-    }
+    for (t = 1; t <= nt; t++) line = line " | " colmed(ms, tools[t])
     for (p = 1; p <= np; p++) { x = med(pairs[p], nr[pairs[p]], rr); line = line " | " (x == "n/a" ? x : sprintf("%.2f", x)) }
     print line " |"
     print ""
@@ -89,16 +91,8 @@ END {
         print line " |"
     }
     line = "| median"
-    for (t = 1; t <= nt; t++) {
-        m = 0; delete a
-        for (i = 1; i <= n; i++) if (num(up[i, tools[t]])) a[++m] = up[i, tools[t]]
-        line = line " | " median(a, m)
-    }
-    for (t = 1; t <= nt; t++) {
-        m = 0; delete a
-        for (i = 1; i <= n; i++) if (num(rss[i, tools[t]])) a[++m] = rss[i, tools[t]]
-        line = line " | " median(a, m)
-    }
+    for (t = 1; t <= nt; t++) line = line " | " colmed(up, tools[t])
+    for (t = 1; t <= nt; t++) line = line " | " colmed(rss, tools[t])
     print line " |"
     printf "\n%d rounds.\n", n
     if (failed) printf "\n%d run(s) failed: see their RIG-ROW lines (stderr).\n", failed

@@ -772,17 +772,22 @@ mod tests {
         assert_eq!(dma[2], Call::Map(a + 2 * PAGE, 2 * PAGE));
     }
 
-    #[test]
-    fn a_removed_device_leaves_no_slot_bus_entry_or_dma_mapping() {
-        let fake = Fake::default();
-        let (mut m, _pio, mmio) = mapper(&fake);
-        let trap = Part::Trapped {
+    /// A BAR's second page, trapped (to a handler that does nothing).
+    fn trapped_second_page(name: &str) -> Part {
+        Part::Trapped {
             offset: PAGE,
             len: PAGE,
             handler: Arc::new(Mutex::new(Nothing)),
             base: None,
-            name: "d BAR0".into(),
-        };
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_removed_device_leaves_no_slot_bus_entry_or_dma_mapping() {
+        let fake = Fake::default();
+        let (mut m, _pio, mmio) = mapper(&fake);
+        let trap = trapped_second_page("d BAR0");
         let parts = vec![Part::mapped(0, mem(PAGE as usize), true), trap];
         m.insert(1, 0, false, "d BAR0".into(), parts);
         m.insert(
@@ -822,13 +827,7 @@ mod tests {
     fn p2p_off_and_trapped_parts_are_never_dma_mapped() {
         let fake = Fake::default();
         let (mut m, _pio, mmio) = mapper(&fake);
-        let trap = Part::Trapped {
-            offset: PAGE,
-            len: PAGE,
-            handler: Arc::new(Mutex::new(Nothing)),
-            base: None,
-            name: "d BAR0".into(),
-        };
+        let trap = trapped_second_page("d BAR0");
         m.insert(
             1,
             0,

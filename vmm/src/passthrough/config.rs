@@ -64,13 +64,10 @@ impl<D: BusDevice> BusDevice for ConfigAccess<D> {
                 mapper.apply(*slot, mv);
             }
         }
-        // A snapshot: a device detached meanwhile is simply synced one last time.
-        let devices: Vec<Arc<Passed>> = self
-            .devices
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for device in devices {
+        // Under the read lock, no copy of the list per access: attach and detach take the
+        // write lock holding no model lock, so waiting for it here cannot deadlock.
+        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        for device in devices.iter() {
             device.sync_irqs(&mut lock(&device.model));
         }
     }
